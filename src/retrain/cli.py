@@ -1,0 +1,36 @@
+"""The `retrain` command (Typer). Heavy imports (Feast, LightGBM, Prefect) stay inside commands."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="retrain",
+    help="Event-driven retraining for tabular models: ingest, train, evaluate, serve, monitor.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+# Each module under retrain.commands defines `register(app)`; one module per area keeps this file small.
+COMMAND_MODULES: tuple[str, ...] = (
+    "retrain.commands.data",
+    "retrain.commands.models",
+    "retrain.commands.ops",
+)
+
+
+def build_app() -> typer.Typer:
+    """Attach every command module's commands to the app (idempotent)."""
+    if not getattr(app, "_retrain_registered", False):
+        for name in COMMAND_MODULES:
+            module = importlib.import_module(name)
+            module.register(app)
+        app._retrain_registered = True  # type: ignore[attr-defined]
+    return app
+
+
+def main() -> None:
+    """Console entry point."""
+    build_app()()

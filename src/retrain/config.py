@@ -1,0 +1,133 @@
+"""Application settings: one `Settings` object read from `RETRAIN_*` environment variables.
+
+Nothing here touches the disk at import; `get_settings()` is cached and `Settings.ensure_dirs()`
+creates the data directory when a command actually needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """Every knob of retrain; env prefix `RETRAIN_` (e.g. `RETRAIN_HOME`, `RETRAIN_DATABASE_URL`)."""
+
+    model_config = SettingsConfigDict(env_prefix="RETRAIN_", extra="ignore")
+
+    home: Path = Field(default=Path("./var"), description="Directory holding every piece of state.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home.")
+    profile: Literal["local", "production"] = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    feast_registry_url: str | None = None
+    feature_repo: Path = REPO_ROOT / "feature_repo"
+
+    model_name: str = "flight_delay"
+    feature_service: str = "flight_delay_v1"
+    num_threads: int = 2
+    seed: int = 42
+    delay_threshold_minutes: float = 15.0
+
+    # training
+    num_boost_round: int = 300
+    early_stopping_rounds: int = 30
+    validation_fraction: float = 0.15
+    learning_rate: float = 0.05
+    num_leaves: int = 63
+
+    # evaluation gates
+    eval_min_rows: int = 1000
+    gate_auc_floor: float = 0.60
+    gate_metric: Literal["auc", "log_loss", "brier"] = "auc"
+    gate_improvement_margin: float = 0.0
+    gate_bootstrap_resamples: int = 1000
+    gate_confidence: float = 0.95
+    gate_slice_min_rows: int = 500
+    gate_slice_tolerance: float = 0.02
+    gate_latency_factor: float = 3.0
+    gate_size_factor: float = 5.0
+    decision_threshold: float = 0.5
+
+    # serving
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 3000
+    serve_max_batch: int = 1000
+    serve_follow_seconds: float = 2.0
+    api_key: str | None = None
+
+    # prefect
+    prefect_port: int = 4200
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        """SQLAlchemy URL of the system of record."""
+        return self.database_url or f"sqlite:///{self.home / 'retrain.db'}"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Parquet offline store: landed flights, outcomes and feature tables."""
+        return self.home / "offline"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    @property
+    def feature_store_yaml(self) -> Path:
+        """The Feast YAML for the active profile."""
+        name = "feature_store.yaml" if self.profile == "local" else "feature_store.production.yaml"
+        return self.feature_repo / name
+
+    def ensure_dirs(self) -> None:
+        """Create the data directory tree (called by commands, never at import)."""
+        for path in (self.home, self.offline_dir, self.quarantine_dir, self.reports_dir, self.bentoml_home):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def feast_env(self) -> dict[str, str]:
+        """Environment variables the Feast YAML expands (`${RETRAIN_HOME}` and friends)."""
+        env = {
+            "RETRAIN_HOME": str(self.home),
+            "RETRAIN_FEAST_REGISTRY_URL": self.feast_registry_url or f"sqlite:///{self.home / 'feast_registry.db'}",
+            "RETRAIN_REDIS_CONNECTION": redis_connection_string(self.redis_url),
+        }
+        return env
+
+    def export_env(self) -> None:
+        """Put the variables Feast and BentoML read into this process's environment."""
+        os.environ.update(self.feast_env())
+        os.environ.setdefault("BENTOML_HOME", str(self.bentoml_home))
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def redis_connection_string(url: str) -> str:
+    """Turn `redis://host:port/db` into Feast's `host:port,db=N` connection string."""
+    rest = url.split("://", 1)[-1]
+    hostport, _, db = rest.partition("/")
+    return f"{hostport},db={db or 0}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; call `get_settings.cache_clear()` in tests)."""
+    return Settings()
