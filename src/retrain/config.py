@@ -65,6 +65,37 @@ class Settings(BaseSettings):
     # prefect
     prefect_port: int = 4200
 
+    # --- monitoring, alert rules and the alert ledger (src/retrain/monitor.py, events.py) ---------
+    # window and reference profile
+    monitor_window_days: float = Field(default=7.0, gt=0, description="Length of a monitoring window.")
+    monitor_profile_bins: int = Field(default=10, ge=2, description="Quantile bins per numeric feature.")
+    monitor_profile_quantiles: int = Field(default=201, ge=11, description="Quantile sketch size (KS).")
+    monitor_profile_top_k: int = Field(default=30, ge=1, description="Categories kept before __other__.")
+    # drift rules (data_drift, prediction_drift)
+    monitor_psi_threshold: float = Field(default=0.25, gt=0, description="Feature PSI that counts as drift.")
+    monitor_ks_threshold: float = Field(default=0.2, gt=0, le=1, description="Feature KS that counts.")
+    monitor_drift_min_features: int = Field(default=1, ge=1, description="Drifted features to fire.")
+    monitor_ignore_features: list[str] = Field(default_factory=list, description="Never drift-checked.")
+    monitor_prediction_psi_threshold: float = Field(default=0.2, gt=0, description="Score PSI that fires.")
+    monitor_min_predictions: int = Field(default=500, ge=1, description="Predictions needed for drift.")
+    # performance rules (performance_decay), on matured labels only
+    monitor_min_labels: int = Field(default=500, ge=1, description="Matured labels needed to judge.")
+    monitor_auc_drop: float = Field(default=0.03, ge=0, description="AUC below champion baseline minus this.")
+    monitor_auc_floor: float = Field(default=0.60, ge=0, le=1, description="AUC below this fires.")
+    monitor_ece_threshold: float | None = Field(default=0.10, description="ECE above this fires; None=off.")
+    # ledger: dedupe and cooldown
+    monitor_dedupe_policy: Literal["champion", "champion_period", "window"] = Field(
+        default="champion_period",
+        description="Dedupe key of monitor alerts: one retrain per champion, per champion and period, "
+        "or per monitoring window.",
+    )
+    monitor_dedupe_period_hours: float = Field(default=168.0, gt=0, description="Period of champion_period.")
+    alert_default_dedupe_minutes: float = Field(
+        default=10.0, gt=0, description="Bucket for alerts that arrive without a dedupe key."
+    )
+    retrain_cooldown_hours: float = Field(default=24.0, ge=0, description="No retrain this long after a promotion.")
+    # --- end monitoring block ------------------------------------------------------------------
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:

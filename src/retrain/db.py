@@ -27,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -241,6 +242,16 @@ class MonitoringRun(Base):
 
 
 Index("ix_alerts_dedupe_outcome", Alert.dedupe_key, Alert.outcome)
+# The alert ledger's guarantee (migration 0002): at most one admitted ("run") alert per model and dedupe
+# key, enforced by the database so concurrent processes cannot both start a retrain.
+Index(
+    "ux_alerts_admitted",
+    Alert.model_name,
+    Alert.dedupe_key,
+    unique=True,
+    sqlite_where=text("outcome = 'run'"),
+    postgresql_where=text("outcome = 'run'"),
+)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

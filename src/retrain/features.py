@@ -1,0 +1,351 @@
+"""The feature contract: feature tables, the Feast store, training sets and online lookups.
+
+One Feast FeatureService (`flight_delay_v1`) feeds both point-in-time training sets and online
+lookups, so train/serve skew cannot creep in. The feature tables are parquet files under
+`RETRAIN_HOME/offline/features/`, rebuilt from the landed flights and outcomes:
+
+- `weather`: hourly weather per origin, stamped at the observation hour (UTC);
+- `planes`: static aircraft attributes, stamped at the start of the data;
+- `carrier_stats` / `route_stats`: daily snapshots (00:00 UTC) of arrival-delay rates over trailing
+  windows, computed only from flights that had *landed* before the snapshot (no leakage).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from retrain.config import Settings
+from retrain.data import load_planes, load_weather, to_utc
+
+if TYPE_CHECKING:
+    from feast import FeatureService, FeatureStore
+
+FEATURE_SERVICE = "flight_delay_v1"
+WEATHER_FEATURES = ["temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
+PLANE_FEATURES = ["plane_year", "plane_seats", "plane_engines"]
+CARRIER_FEATURES = ["carrier_late_rate_7d", "carrier_flights_7d", "carrier_mean_delay_7d", "carrier_late_rate_28d"]
+ROUTE_FEATURES = ["route_late_rate_28d", "route_flights_28d", "route_mean_delay_28d"]
+REQUEST_FEATURES = ["dep_hour", "dep_weekday", "dep_month", "dep_minute_of_day", "flight_distance"]
+MODEL_FEATURES: list[str] = WEATHER_FEATURES + PLANE_FEATURES + CARRIER_FEATURES + ROUTE_FEATURES + REQUEST_FEATURES
+ENTITY_KEYS = ["origin", "tailnum", "carrier", "route"]
+MISSING_TAILNUM = ""
+FEATURE_TABLES = ("weather", "planes", "carrier_stats", "route_stats")
+
+
+# ---------------------------------------------------------------- offline tables
+
+
+def features_dir(settings: Settings) -> Path:
+    return settings.offline_dir / "features"
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    """Write a parquet file via a temp file in the same directory and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_parts(directory: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Concatenate the parquet parts of one landed dataset (empty frame when none)."""
+    parts = sorted(directory.glob("part-*.parquet")) if directory.exists() else []
+    if not parts:
+        return pd.DataFrame(columns=columns or [])
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+
+
+def landed_flights(settings: Settings, columns: list[str] | None = None) -> pd.DataFrame:
+    return read_parts(settings.offline_dir / "flights", columns)
+
+
+def landed_outcomes(settings: Settings) -> pd.DataFrame:
+    """All recorded outcomes, one row per flight (the latest record wins)."""
+    df = read_parts(settings.offline_dir / "outcomes")
+    if df.empty:
+        return pd.DataFrame(columns=["flight_id", "sched_dep", "landed_at", "arr_delay", "late"])
+    return df.drop_duplicates("flight_id", keep="last").reset_index(drop=True)
+
+
+def _us(series: pd.Series) -> pd.Series:
+    """UTC timestamps floored to microseconds (DuckDB cannot read nanoseconds)."""
+    return pd.to_datetime(series, utc=True).dt.floor("us").astype("datetime64[us, UTC]")
+
+
+def weather_table(horizon: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
+    """Hourly weather per origin observed at or before `horizon`."""
+    w = load_weather()
+    w = w[w["time_hour"] <= horizon]
+    out = w[["origin", *WEATHER_FEATURES]].astype({c: "float64" for c in WEATHER_FEATURES})
+    out.insert(1, "event_timestamp", _us(w["time_hour"]))
+    out = out.drop_duplicates(["origin", "event_timestamp"], keep="last")
+    out["created"] = created
+    return out.reset_index(drop=True)
+
+
+def planes_table(known_at: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
+    """Aircraft attributes; reference data, known from the start of the data."""
+    p = load_planes()
+    out = pd.DataFrame({
+        "tailnum": p["tailnum"].astype(str),
+        "event_timestamp": known_at,
+        "plane_year": p["year"].astype("float64"),
+        "plane_seats": p["seats"].astype("float64"),
+        "plane_engines": p["engines"].astype("float64"),
+    })
+    out["event_timestamp"] = _us(out["event_timestamp"])
+    out["created"] = created
+    return out
+
+
+def rolling_delay_stats(
+    outcomes: pd.DataFrame, key: str, keys_of: pd.Series, windows: dict[str, int], snapshots: pd.DatetimeIndex,
+) -> pd.DataFrame:
+    """Daily snapshots of delay stats per key, using only outcomes with landed_at < snapshot.
+
+    `windows` maps a suffix to a window in days. For each snapshot T and window W the stats cover
+    flights that landed in [T - W days, T).
+    """
+    df = pd.DataFrame({
+        key: keys_of.to_numpy(),
+        "day": pd.to_datetime(outcomes["landed_at"], utc=True).dt.floor("D").to_numpy(),
+        "late": outcomes["late"].astype("float64").to_numpy(),
+        "delay": outcomes["arr_delay"].astype("float64").to_numpy(),
+    })
+    daily = df.groupby([key, "day"]).agg(n=("late", "size"), late=("late", "sum"), delay=("delay", "sum"))
+    days = pd.DatetimeIndex(pd.date_range(snapshots.min() - pd.Timedelta(days=max(windows.values()) + 1),
+                                          snapshots.max(), freq="D", tz="UTC"))
+    frames = []
+    for k, grp in daily.groupby(level=0):
+        g = grp.droplevel(0).reindex(days, fill_value=0.0)
+        # cumulative sums shifted by one day: the value at day T covers days strictly before T
+        cum = g.cumsum().shift(1, fill_value=0.0)
+        out = pd.DataFrame(index=snapshots)
+        for suffix, w in windows.items():
+            win = cum.reindex(snapshots) - cum.shift(w, fill_value=0.0).reindex(snapshots)
+            n = win["n"].to_numpy()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"n_{suffix}"] = n
+                out[f"rate_{suffix}"] = np.where(n > 0, win["late"].to_numpy() / np.maximum(n, 1), np.nan)
+                out[f"delay_{suffix}"] = np.where(n > 0, win["delay"].to_numpy() / np.maximum(n, 1), np.nan)
+        out[key] = k
+        frames.append(out)
+    if not frames:
+        return pd.DataFrame(columns=[key, "event_timestamp"])
+    res = pd.concat(frames).rename_axis("event_timestamp").reset_index()
+    res["event_timestamp"] = _us(res["event_timestamp"])
+    return res
+
+
+def carrier_stats_table(
+    outcomes: pd.DataFrame, carriers: pd.Series, snapshots: pd.DatetimeIndex, created: pd.Timestamp
+) -> pd.DataFrame:
+    stats = rolling_delay_stats(outcomes, "carrier", carriers, {"7d": 7, "28d": 28}, snapshots)
+    out = pd.DataFrame({
+        "carrier": stats["carrier"], "event_timestamp": stats["event_timestamp"],
+        "carrier_late_rate_7d": stats.get("rate_7d"), "carrier_flights_7d": stats.get("n_7d"),
+        "carrier_mean_delay_7d": stats.get("delay_7d"), "carrier_late_rate_28d": stats.get("rate_28d"),
+    })
+    out["created"] = created
+    return out
+
+
+def route_stats_table(
+    outcomes: pd.DataFrame, routes: pd.Series, snapshots: pd.DatetimeIndex, created: pd.Timestamp
+) -> pd.DataFrame:
+    stats = rolling_delay_stats(outcomes, "route", routes, {"28d": 28}, snapshots)
+    out = pd.DataFrame({
+        "route": stats["route"], "event_timestamp": stats["event_timestamp"],
+        "route_late_rate_28d": stats.get("rate_28d"), "route_flights_28d": stats.get("n_28d"),
+        "route_mean_delay_28d": stats.get("delay_28d"),
+    })
+    out["created"] = created
+    return out
+
+
+def refresh_feature_tables(settings: Settings) -> dict[str, int]:
+    """Rebuild the four feature tables from what has landed; returns rows per table.
+
+    Each table is stamped with when its values became known: weather at the observation hour, the
+    delay rates at daily snapshots that only see flights landed before them.
+    """
+    flights = landed_flights(settings, ["flight_id", "origin", "dest", "carrier", "sched_dep"])
+    if flights.empty:
+        return dict.fromkeys(FEATURE_TABLES, 0)
+    created = pd.Timestamp.now(tz="UTC").floor("us")
+    sched = pd.to_datetime(flights["sched_dep"], utc=True)
+    first_day, last = sched.min().floor("D"), sched.max()
+    snapshots = pd.date_range(first_day, last.floor("D") + pd.Timedelta(days=1), freq="D", tz="UTC")
+    outcomes = landed_outcomes(settings)
+    outcomes = outcomes[pd.to_datetime(outcomes["landed_at"], utc=True) < snapshots.max()]
+    by_id = flights.set_index("flight_id")
+    outcomes = outcomes[outcomes["flight_id"].isin(by_id.index)]
+    carriers = outcomes["flight_id"].map(by_id["carrier"])
+    routes = outcomes["flight_id"].map(by_id["origin"] + "-" + by_id["dest"])
+    tables = {
+        "weather": weather_table(last.ceil("h"), created),
+        "planes": planes_table(first_day - pd.Timedelta(days=1), created),
+        "carrier_stats": carrier_stats_table(outcomes, carriers, snapshots, created),
+        "route_stats": route_stats_table(outcomes, routes, snapshots, created),
+    }
+    for name, table in tables.items():
+        write_parquet_atomic(table, features_dir(settings) / f"{name}.parquet")
+    return {name: len(table) for name, table in tables.items()}
+
+
+# ---------------------------------------------------------------- entity rows
+
+
+def entity_frame(flights: pd.DataFrame) -> pd.DataFrame:
+    """Entity rows for `flight_delay_v1`: join keys, event timestamp and request fields."""
+    sched = _us(flights["sched_dep"])
+    tail = flights["tailnum"].astype("object")
+    return pd.DataFrame({
+        "flight_id": flights["flight_id"].astype(str).to_numpy(),
+        "origin": flights["origin"].astype(str).to_numpy(),
+        "tailnum": tail.where(tail.notna(), MISSING_TAILNUM).astype(str).to_numpy(),
+        "carrier": flights["carrier"].astype(str).to_numpy(),
+        "route": (flights["origin"].astype(str) + "-" + flights["dest"].astype(str)).to_numpy(),
+        "event_timestamp": sched.to_numpy(),
+        "sched_dep_epoch": (sched.astype("int64") // 1_000_000).to_numpy(),
+        "distance": flights["distance"].astype("float64").to_numpy(),
+    })
+
+
+# ---------------------------------------------------------------- Feast store
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore for the active profile; keep one alive per process (it is not cheap)."""
+    settings.export_env()
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=settings.feature_store_yaml)
+
+
+def apply_repo(settings: Settings) -> None:
+    """`feast apply` in-process: register the definitions of `feature_repo/` (tables must exist)."""
+    settings.export_env()
+    missing = [n for n in FEATURE_TABLES if not (features_dir(settings) / f"{n}.parquet").exists()]
+    if missing:
+        raise RuntimeError(f"feature tables missing under {features_dir(settings)}: {missing}; ingest first")
+    from feast.repo_config import load_repo_config
+    from feast.repo_operations import apply_total
+
+    repo = settings.feature_repo
+    # Feast imports the repo's files as top-level modules; drop cached ones so paths follow RETRAIN_HOME.
+    for py in repo.glob("*.py"):
+        sys.modules.pop(py.stem, None)
+    if str(repo) not in sys.path:
+        sys.path.append(str(repo))
+    apply_total(load_repo_config(repo, settings.feature_store_yaml), repo, skip_source_validation=False)
+
+
+def materialize(store: FeatureStore, start: datetime, end: datetime) -> float:
+    """Load feature rows with timestamps in [start, end] into the online store; returns seconds."""
+    t0 = time.perf_counter()
+    store.materialize(start_date=to_utc(start).to_pydatetime(), end_date=to_utc(end).to_pydatetime())
+    return time.perf_counter() - t0
+
+
+def service(store: FeatureStore, name: str = FEATURE_SERVICE) -> FeatureService:
+    """Fetch the feature service once (per-request lookups cost ~10 ms each)."""
+    return store.get_feature_service(name)
+
+
+# ---------------------------------------------------------------- training sets
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A point-in-time correct training frame through the feature service."""
+
+    frame: pd.DataFrame
+    feature_names: list[str]
+    n_flights: int
+    n_excluded: int
+    feature_service: str
+
+
+def historical_features(store: FeatureStore, entities: pd.DataFrame, feature_service: str) -> pd.DataFrame:
+    """Point-in-time features for entity rows, in the input's order (Feast reorders rows)."""
+    fs = service(store, feature_service)
+    out = store.get_historical_features(entity_df=entities, features=fs).to_df()
+    out = out.set_index("flight_id").reindex(entities["flight_id"]).reset_index()
+    for col in MODEL_FEATURES:
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
+    return out
+
+
+def labelled_flights(settings: Settings, start: datetime, end: datetime) -> tuple[pd.DataFrame, int]:
+    """Landed flights departing in [start, end) joined to their outcomes; returns (rows, excluded)."""
+    cols = ["flight_id", "sched_dep", "carrier", "flight", "tailnum", "origin", "dest", "distance"]
+    flights = landed_flights(settings, cols)
+    if flights.empty:
+        return flights, 0
+    sched = pd.to_datetime(flights["sched_dep"], utc=True)
+    flights = flights[(sched >= to_utc(start)) & (sched < to_utc(end))]
+    outcomes = landed_outcomes(settings)[["flight_id", "arr_delay", "late"]]
+    merged = flights.merge(outcomes, on="flight_id", how="left")
+    excluded = int(merged["late"].isna().sum())
+    merged = merged[merged["late"].notna()].copy()
+    merged["late"] = merged["late"].astype(bool)
+    return merged.sort_values(["sched_dep", "flight_id"]).reset_index(drop=True), excluded
+
+
+def training_set(
+    store: FeatureStore, settings: Settings, start: datetime, end: datetime,
+    progress: Callable[[str], Any] | None = None,
+) -> TrainingSet:
+    """Training rows for flights departing in [start, end): features as of departure, label late.
+
+    Flights without an outcome (cancelled, diverted, not landed yet) are excluded and counted.
+    """
+    if to_utc(end) <= to_utc(start):
+        raise ValueError(f"training window: 'to' ({end}) must be after 'from' ({start})")
+    flights, excluded = labelled_flights(settings, start, end)
+    if flights.empty:
+        raise ValueError(f"no labelled flights depart in [{start}, {end}): ingest that period first")
+    if progress:
+        progress(f"point-in-time join of {len(flights):,} flights through {settings.feature_service}")
+    feats = historical_features(store, entity_frame(flights), settings.feature_service)
+    frame = flights[["flight_id", "sched_dep", "carrier", "origin", "dest"]].copy()
+    frame["sched_dep"] = pd.to_datetime(frame["sched_dep"], utc=True)
+    for col in MODEL_FEATURES:
+        frame[col] = feats[col].to_numpy()
+    frame["late"] = flights["late"].to_numpy()
+    return TrainingSet(frame=frame, feature_names=list(MODEL_FEATURES), n_flights=len(flights) + excluded,
+                       n_excluded=excluded, feature_service=settings.feature_service)
+
+
+# ---------------------------------------------------------------- online
+
+
+def online_features(store: FeatureStore, fs: FeatureService, flights: pd.DataFrame) -> pd.DataFrame:
+    """Online features for flights (one store call), columns MODEL_FEATURES, index as the input."""
+    ents = entity_frame(flights)
+    rows = {k: ents[k].tolist() for k in ENTITY_KEYS}
+    rows["sched_dep_epoch"] = ents["sched_dep_epoch"].astype(int).tolist()
+    rows["distance"] = ents["distance"].astype(float).tolist()
+    resp = store.get_online_features(features=fs, entity_rows=rows).to_dict()
+    out = pd.DataFrame({c: pd.to_numeric(pd.Series(resp[c]), errors="coerce") for c in MODEL_FEATURES})
+    out.index = flights.index
+    return out.astype("float64")
