@@ -16,6 +16,7 @@ app = typer.Typer(
 # Each module under retrain.commands defines `register(app)`; one module per area keeps this file small.
 COMMAND_MODULES: tuple[str, ...] = (
     "retrain.commands.data",
+    "retrain.commands.features",
     "retrain.commands.models",
     "retrain.commands.ops",
 )

@@ -180,11 +180,14 @@ class ReplayClock:
         return Release(now=until, flights=flights[list(FLIGHT_COLUMNS)], outcomes=self.outcomes_between(since, until))
 
 
-def _ts(value: datetime | pd.Timestamp | str) -> pd.Timestamp:
+TimeLike = datetime | pd.Timestamp | str
+
+
+def _ts(value: TimeLike) -> pd.Timestamp:
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def to_utc(value: datetime | pd.Timestamp | str) -> pd.Timestamp:
+def to_utc(value: TimeLike) -> pd.Timestamp:
     """Parse a date/time; naive values are taken as UTC."""
     return _ts(value)

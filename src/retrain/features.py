@@ -16,7 +16,8 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.config import Settings
-from retrain.data import load_planes, load_weather, to_utc
+from retrain.data import TimeLike, load_planes, load_weather, to_utc
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -146,7 +147,7 @@ def rolling_delay_stats(
                 out[f"n_{suffix}"] = n
                 out[f"rate_{suffix}"] = np.where(n > 0, win["late"].to_numpy() / np.maximum(n, 1), np.nan)
                 out[f"delay_{suffix}"] = np.where(n > 0, win["delay"].to_numpy() / np.maximum(n, 1), np.nan)
-        out[key] = k
+        out[key] = str(k)
         frames.append(out)
     if not frames:
         return pd.DataFrame(columns=[key, "event_timestamp"])
@@ -259,11 +260,63 @@ def apply_repo(settings: Settings) -> None:
     apply_total(load_repo_config(repo, settings.feature_store_yaml), repo, skip_source_validation=False)
 
 
-def materialize(store: FeatureStore, start: datetime, end: datetime) -> float:
+def materialize(store: FeatureStore, start: TimeLike, end: TimeLike) -> float:
     """Load feature rows with timestamps in [start, end] into the online store; returns seconds."""
     t0 = time.perf_counter()
     store.materialize(start_date=to_utc(start).to_pydatetime(), end_date=to_utc(end).to_pydatetime())
     return time.perf_counter() - t0
+
+
+@contextmanager
+def materialization_lock(settings: Settings) -> Iterator[None]:
+    """Serialize materialization: two writers raced on the registry's interval list (one entry lost)."""
+    import fcntl
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with open(settings.home / ".materialize.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def materialize_until(store: FeatureStore, settings: Settings, until: TimeLike) -> dict[str, Any]:
+    """Bring the online store up to `until`, seeding views never materialized before.
+
+    `materialize-incremental` on a fresh view starts at wall-clock now minus its TTL, which is empty
+    in a replay of 2013; so a view without history is first loaded with an explicit window from the
+    start of its data, after which incremental runs continue from the last end time.
+    """
+    end = to_utc(until).to_pydatetime()
+    with materialization_lock(settings):
+        views = store.list_feature_views()
+        fresh = [v.name for v in views if not v.materialization_intervals]
+        seeded = [v.name for v in views if v.materialization_intervals]
+        t0 = time.perf_counter()
+        if fresh:
+            start = data_start(settings).to_pydatetime()
+            store.materialize(start_date=start, end_date=end, feature_views=fresh)
+        if seeded:
+            last = min(v.most_recent_end_time for v in views if v.name in seeded and v.most_recent_end_time)
+            if last is None or to_utc(last) < to_utc(end):
+                store.materialize_incremental(end_date=end, feature_views=seeded)
+        return {"until": end.isoformat(), "seeded": fresh, "incremental": seeded,
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def data_start(settings: Settings) -> pd.Timestamp:
+    """Earliest timestamp any feature table holds (the seed window's start)."""
+    starts = []
+    for name in FEATURE_TABLES:
+        path = features_dir(settings) / f"{name}.parquet"
+        if path.exists():
+            ts = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"]
+            if len(ts):
+                starts.append(pd.Timestamp(ts.min()))
+    if not starts:
+        raise RuntimeError("no feature tables yet: ingest flights first (`retrain ingest --until DATE`)")
+    return min(starts).tz_convert("UTC") - pd.Timedelta(seconds=1)
 
 
 def service(store: FeatureStore, name: str = FEATURE_SERVICE) -> FeatureService:
@@ -295,7 +348,7 @@ def historical_features(store: FeatureStore, entities: pd.DataFrame, feature_ser
     return out
 
 
-def labelled_flights(settings: Settings, start: datetime, end: datetime) -> tuple[pd.DataFrame, int]:
+def labelled_flights(settings: Settings, start: TimeLike, end: TimeLike) -> tuple[pd.DataFrame, int]:
     """Landed flights departing in [start, end) joined to their outcomes; returns (rows, excluded)."""
     cols = ["flight_id", "sched_dep", "carrier", "flight", "tailnum", "origin", "dest", "distance"]
     flights = landed_flights(settings, cols)
@@ -312,7 +365,7 @@ def labelled_flights(settings: Settings, start: datetime, end: datetime) -> tupl
 
 
 def training_set(
-    store: FeatureStore, settings: Settings, start: datetime, end: datetime,
+    store: FeatureStore, settings: Settings, start: TimeLike, end: TimeLike,
     progress: Callable[[str], Any] | None = None,
 ) -> TrainingSet:
     """Training rows for flights departing in [start, end): features as of departure, label late.
