@@ -6,6 +6,7 @@ PIDs live in `RETRAIN_HOME/run/`, logs in `RETRAIN_HOME/logs/`. Each process get
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -147,10 +148,8 @@ def stop(settings: Settings, name: str, grace: float = 15.0) -> bool:
     pid = pid_of(settings, name)
     if pid is None:
         return False
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         try:
@@ -160,10 +159,8 @@ def stop(settings: Settings, name: str, grace: float = 15.0) -> bool:
             break
         time.sleep(0.2)
     else:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     _pid_file(settings, name).unlink(missing_ok=True)
     return True
 
