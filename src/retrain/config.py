@@ -75,7 +75,10 @@ class Settings(BaseSettings):
     monitor_psi_threshold: float = Field(default=0.25, gt=0, description="Feature PSI that counts as drift.")
     monitor_ks_threshold: float = Field(default=0.2, gt=0, le=1, description="Feature KS that counts.")
     monitor_drift_min_features: int = Field(default=1, ge=1, description="Drifted features to fire.")
-    monitor_ignore_features: list[str] = Field(default_factory=list, description="Never drift-checked.")
+    monitor_ignore_features: list[str] = Field(
+        default_factory=lambda: ["dep_month"],
+        description="Features never drift-checked (calendar features shift by construction).",
+    )
     monitor_prediction_psi_threshold: float = Field(default=0.2, gt=0, description="Score PSI that fires.")
     monitor_min_predictions: int = Field(default=500, ge=1, description="Predictions needed for drift.")
     # performance rules (performance_decay), on matured labels only

@@ -122,38 +122,43 @@ def rolling_delay_stats(
 ) -> pd.DataFrame:
     """Daily snapshots of delay stats per key, using only outcomes with landed_at < snapshot.
 
-    `windows` maps a suffix to a window in days. For each snapshot T and window W the stats cover
-    flights that landed in [T - W days, T).
+    `windows` maps a suffix to a window in days. For each snapshot T (a UTC midnight) and window W
+    the stats cover flights that landed in [T - W days, T). Vectorized: a key x day grid of counts,
+    cumulative sums along days, and window differences.
     """
-    df = pd.DataFrame({
-        key: keys_of.to_numpy(),
-        "day": pd.to_datetime(outcomes["landed_at"], utc=True).dt.floor("D").to_numpy(),
-        "late": outcomes["late"].astype("float64").to_numpy(),
-        "delay": outcomes["arr_delay"].astype("float64").to_numpy(),
-    })
-    daily = df.groupby([key, "day"]).agg(n=("late", "size"), late=("late", "sum"), delay=("delay", "sum"))
-    days = pd.DatetimeIndex(pd.date_range(snapshots.min() - pd.Timedelta(days=max(windows.values()) + 1),
-                                          snapshots.max(), freq="D", tz="UTC"))
-    frames = []
-    for k, grp in daily.groupby(level=0):
-        g = grp.droplevel(0).reindex(days, fill_value=0.0)
-        # cumulative sums shifted by one day: the value at day T covers days strictly before T
-        cum = g.cumsum().shift(1, fill_value=0.0)
-        out = pd.DataFrame(index=snapshots)
-        for suffix, w in windows.items():
-            win = cum.reindex(snapshots) - cum.shift(w, fill_value=0.0).reindex(snapshots)
-            n = win["n"].to_numpy()
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[f"n_{suffix}"] = n
-                out[f"rate_{suffix}"] = np.where(n > 0, win["late"].to_numpy() / np.maximum(n, 1), np.nan)
-                out[f"delay_{suffix}"] = np.where(n > 0, win["delay"].to_numpy() / np.maximum(n, 1), np.nan)
-        out[key] = str(k)
-        frames.append(out)
-    if not frames:
+    if outcomes.empty:
         return pd.DataFrame(columns=[key, "event_timestamp"])
-    res = pd.concat(frames).rename_axis("event_timestamp").reset_index()
-    res["event_timestamp"] = _us(res["event_timestamp"])
-    return res
+    day_ns = 86_400 * 10**9
+    landed = pd.to_datetime(outcomes["landed_at"], utc=True).dt.tz_convert("UTC").dt.tz_localize(None)
+    landed_day = landed.to_numpy().astype("datetime64[ns]").astype("int64") // day_ns
+    snap_day = snapshots.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[ns]").astype("int64") // day_ns
+    first = min(int(landed_day.min()), int(snap_day.min()) - max(windows.values()) - 1)
+    n_days = int(max(landed_day.max(), snap_day.max())) - first + 2
+    codes, uniques = pd.factorize(keys_of.to_numpy())
+    grid_n = np.zeros((len(uniques), n_days))
+    grid_late = np.zeros_like(grid_n)
+    grid_delay = np.zeros_like(grid_n)
+    cols = landed_day - first + 1  # column c holds flights that landed on day (first + c - 1)
+    np.add.at(grid_n, (codes, cols), 1.0)
+    np.add.at(grid_late, (codes, cols), outcomes["late"].astype("float64").to_numpy())
+    np.add.at(grid_delay, (codes, cols), outcomes["arr_delay"].astype("float64").to_numpy())
+    # cum[:, c] = sum of columns <= c; a snapshot at day T sees days < T, i.e. columns <= T - first
+    cum = {name: np.cumsum(g, axis=1) for name, g in (("n", grid_n), ("late", grid_late), ("delay", grid_delay))}
+    hi = snap_day - first
+    out = pd.DataFrame({
+        key: np.repeat(uniques.astype(str), len(snap_day)),
+        "event_timestamp": np.tile(snapshots.to_numpy(), len(uniques)),
+    })
+    for suffix, w in windows.items():
+        lo = np.maximum(hi - w, 0)
+        win = {name: (c[:, hi] - c[:, lo]).ravel() for name, c in cum.items()}
+        n = win["n"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"n_{suffix}"] = n
+            out[f"rate_{suffix}"] = np.where(n > 0, win["late"] / np.maximum(n, 1), np.nan)
+            out[f"delay_{suffix}"] = np.where(n > 0, win["delay"] / np.maximum(n, 1), np.nan)
+    out["event_timestamp"] = _us(out["event_timestamp"])
+    return out
 
 
 def carrier_stats_table(
@@ -182,11 +187,13 @@ def route_stats_table(
     return out
 
 
-def refresh_feature_tables(settings: Settings) -> dict[str, int]:
+def refresh_feature_tables(settings: Settings, known_until: TimeLike | None = None) -> dict[str, int]:
     """Rebuild the four feature tables from what has landed; returns rows per table.
 
     Each table is stamped with when its values became known: weather at the observation hour, the
-    delay rates at daily snapshots that only see flights landed before them.
+    delay rates at daily snapshots that only see flights landed before them. `known_until` is the
+    (simulated) present: weather observed up to then is included; by default the last landed
+    departure.
     """
     flights = landed_flights(settings, ["flight_id", "origin", "dest", "carrier", "sched_dep"])
     if flights.empty:
@@ -194,6 +201,8 @@ def refresh_feature_tables(settings: Settings) -> dict[str, int]:
     created = pd.Timestamp.now(tz="UTC").floor("us")
     sched = pd.to_datetime(flights["sched_dep"], utc=True)
     first_day, last = sched.min().floor("D"), sched.max()
+    if known_until is not None:
+        last = max(last, to_utc(known_until))
     snapshots = pd.date_range(first_day, last.floor("D") + pd.Timedelta(days=1), freq="D", tz="UTC")
     outcomes = landed_outcomes(settings)
     outcomes = outcomes[pd.to_datetime(outcomes["landed_at"], utc=True) < snapshots.max()]

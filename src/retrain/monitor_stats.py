@@ -12,16 +12,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
+
+from retrain import metrics
+
+FloatArray = npt.NDArray[np.float64]
 
 PROFILE_VERSION = 1
 EPS = 1e-4
 OTHER = "__other__"
 SCORE = "__score__"
-_QUANTILE_METHOD = "inverted_cdf"  # sketch values are real data values: exact CDF at ties (discrete)
+# Quantiles are real data values (`inverted_cdf`), so the CDF read back at ties is exact (discrete data).
+_QUANTILE_METHOD: Final = "inverted_cdf"
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -44,7 +50,7 @@ def json_safe(obj: Any) -> Any:
 # ----------------------------------------------------------------------------------- profiles
 
 
-def as_float_array(values: Any) -> np.ndarray:
+def as_float_array(values: Any) -> FloatArray:
     """Float array with every missing, unparseable or non-finite value as NaN."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
         arr = values.astype(float, copy=False)
@@ -91,8 +97,10 @@ def numeric_profile(values: Any, bins: int = 10, quantiles: int = 201) -> dict[s
 
 def _category_strings(values: Any) -> pd.Series:
     series = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
-    series = series.astype(object)
-    return series.where(series.notna(), None).map(lambda v: v if v is None else str(v))
+    missing = series.isna().to_numpy()
+    out = series.astype(str).astype(object)
+    out[missing] = None
+    return out
 
 
 def categorical_profile(values: Any, top_k: int = 30) -> dict[str, Any]:
@@ -164,7 +172,7 @@ def psi(expected: Any, actual: Any, eps: float = EPS) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def ks_from_sketch(sketch: Sequence[float], values: np.ndarray) -> float:
+def ks_from_sketch(sketch: Sequence[float], values: FloatArray) -> float:
     """Two-sample KS statistic of `values` against a reference quantile sketch.
 
     The sketch holds `inverted_cdf` quantiles at evenly spaced probabilities; the reference CDF at a
@@ -258,19 +266,9 @@ def feature_drift(name: str, ref: Mapping[str, Any], values: Any) -> FeatureDrif
 # -------------------------------------------------------------------------------- performance
 
 
-def auc_score(y: np.ndarray, p: np.ndarray) -> float | None:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula with average ranks for ties; None if one class."""
-    y = np.asarray(y, dtype=float)
-    p = np.asarray(p, dtype=float)
-    n_pos = int((y == 1).sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return None
-    _, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
-    upper = np.cumsum(counts)
-    avg_rank = upper - (counts - 1) / 2.0  # 1-based average rank of each distinct score
-    rank_sum = float(avg_rank[inverse][y == 1].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+def auc_score(y: Any, p: Any) -> float | None:
+    """ROC AUC (the evaluator's `metrics.roc_auc`), None when only one class is present."""
+    return _finite_or_none(metrics.roc_auc(y, p))
 
 
 @dataclass
@@ -291,7 +289,8 @@ class Performance:
 def score_metrics(y: Any, p: Any, bins: int = 10) -> Performance:
     """AUC, log loss, Brier and calibration (equal-width bins, ECE) of scores `p` on labels `y`.
 
-    Rows whose label or score is NaN are not labelled yet and are left out.
+    The numbers come from `retrain.metrics`, the same functions the evaluator gates on. Rows whose
+    label or score is NaN are not labelled yet and are left out.
     """
     y_arr = as_float_array(y)
     p_arr = as_float_array(p)
@@ -302,9 +301,9 @@ def score_metrics(y: Any, p: Any, bins: int = 10) -> Performance:
         return Performance(0, 0, None, None, None, None, None, None)
     if not np.isin(y_arr, (0.0, 1.0)).all():
         raise ValueError("labels: must be 0/1 (or true/false)")
-    clipped = np.clip(p_arr, 1e-15, 1 - 1e-15)
-    log_loss = float(-np.mean(y_arr * np.log(clipped) + (1 - y_arr) * np.log(1 - clipped)))
-    brier = float(np.mean((p_arr - y_arr) ** 2))
+    y_bool = y_arr.astype(bool)
+    log_loss = metrics.log_loss(y_bool, p_arr)
+    brier = metrics.brier(y_bool, p_arr)
     idx = np.minimum((np.clip(p_arr, 0, 1) * bins).astype(int), bins - 1)
     cnt = np.bincount(idx, minlength=bins)
     sum_p = np.bincount(idx, weights=p_arr, minlength=bins)
@@ -312,14 +311,14 @@ def score_metrics(y: Any, p: Any, bins: int = 10) -> Performance:
     nonempty = cnt > 0
     mean_p = np.divide(sum_p, cnt, out=np.zeros(bins), where=nonempty)
     rate = np.divide(sum_y, cnt, out=np.zeros(bins), where=nonempty)
-    ece = float(np.sum(cnt / n * np.abs(mean_p - rate)))
+    ece = metrics.expected_calibration_error(y_bool, p_arr, bins)
     calibration = [
         {"lo": b / bins, "hi": (b + 1) / bins, "n": int(cnt[b]), "mean_predicted": float(mean_p[b]),
          "observed_rate": float(rate[b])}
         for b in range(bins) if cnt[b]
     ]
     return Performance(
-        n=n, n_positive=int(y_arr.sum()), auc=auc_score(y_arr, p_arr), log_loss=log_loss, brier=brier,
+        n=n, n_positive=int(y_arr.sum()), auc=auc_score(y_bool, p_arr), log_loss=log_loss, brier=brier,
         mean_predicted=float(p_arr.mean()), observed_rate=float(y_arr.mean()), ece=ece,
         calibration=calibration,
     )

@@ -61,6 +61,7 @@ def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
     env.update(settings.feast_env())
     env.update(prefect_env(settings))
     env["RETRAIN_HOME"] = str(settings.home)
+    env["RETRAIN_REPO"] = str(REPO_ROOT)
     env["BENTOML_HOME"] = str(settings.bentoml_home)
     env["BENTOML_DO_NOT_TRACK"] = "True"
     env.update(extra or {})

@@ -1,0 +1,203 @@
+"""Benchmark: one monitoring pass over 100,000 logged predictions (target <= 2 s).
+
+Builds a temporary SQLite system of record (Alembic schema), a champion with a reference profile
+from 50,000 synthetic training rows, and a prediction log of N predictions whose `features` JSON
+has every flights model input (realistic ranges, some nulls, a seasonal shift), plus outcomes of
+which ~70% have matured. Times `run_monitoring` end to end (query + JSON decode + drift +
+performance + rules + monitoring_runs write) and, in the same run, a floor: numpy-only PSI for every
+feature plus AUC on the same arrays already in memory.
+
+    .venv/bin/python bench/monitor.py [--rows 100000] [--repeat 3] [--out /work/notes/bench_monitor.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import insert
+
+from retrain import db
+from retrain.config import Settings
+from retrain.monitor import build_reference_profile, run_monitoring
+
+try:  # the real contract when available; the bench does not need Feast itself
+    from retrain.features import MODEL_FEATURES
+except Exception:  # pragma: no cover - fallback keeps the bench runnable on its own
+    MODEL_FEATURES = [f"f{i}" for i in range(24)]
+
+CATEGORICAL = ["carrier", "origin", "dest"]
+CARRIERS = ["UA", "B6", "EV", "DL", "AA", "MQ", "US", "9E", "WN", "VX", "FL", "AS", "F9", "YV", "HA", "OO"]
+AIRPORTS = ["EWR", "JFK", "LGA"]
+DESTS = [f"D{i:02d}" for i in range(100)]
+
+
+def synth_features(rng: np.random.Generator, n: int, shift: float) -> pd.DataFrame:
+    """Feature columns with per-feature scales, ~5% nulls on weather/plane columns and a mean shift."""
+    cols: dict[str, np.ndarray] = {}
+    for i, name in enumerate(MODEL_FEATURES):
+        scale = 1.0 + (i % 7) * 10.0
+        if name in ("dep_hour",):
+            values = rng.integers(5, 24, n).astype(float)
+        elif name in ("dep_weekday",):
+            values = rng.integers(0, 7, n).astype(float)
+        elif name in ("dep_month",):
+            values = np.full(n, 1.0 + shift * 6)
+        else:
+            values = np.round(rng.normal(scale * (1 + shift * 0.3), scale * 0.25, n), 3)
+        if i % 3 == 0:
+            values[rng.random(n) < 0.05] = np.nan
+        cols[name] = values
+    frame = pd.DataFrame(cols)
+    frame["carrier"] = rng.choice(CARRIERS, n)
+    frame["origin"] = rng.choice(AIRPORTS, n)
+    frame["dest"] = rng.choice(DESTS, n)
+    return frame
+
+
+def scores_of(frame: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    z = frame[MODEL_FEATURES[0]].fillna(0).to_numpy() / 50 + rng.normal(-1.5, 1.0, len(frame))
+    return 1 / (1 + np.exp(-z))
+
+
+def build(tmp: Path, rows: int, seed: int) -> tuple[Settings, db.sessionmaker[db.Session], dict[str, object]]:
+    settings = Settings(home=tmp)
+    db.upgrade(settings.db_url)
+    engine = db.make_engine(settings.db_url)
+    sessions = db.session_factory(engine)
+    rng = np.random.default_rng(seed)
+    ref = synth_features(rng, 50_000, 0.0)
+    ref_scores = scores_of(ref, rng)
+    ref_labels = rng.random(len(ref)) < ref_scores
+    profile = build_reference_profile(ref, MODEL_FEATURES + CATEGORICAL, ref_scores, labels=ref_labels)
+    t0 = datetime(2013, 3, 1, tzinfo=UTC)
+    with db.transaction(sessions) as s:
+        mv = db.ModelVersion(
+            model_name="flight_delay", version="v1", bento_model_tag="flight_delay:v1", feature_service="x",
+            train_from=t0 - timedelta(days=60), train_to=t0, n_train=50_000, n_valid=0,
+            data_fingerprint="x", model_checksum="x", model_size_bytes=1, params={}, metrics={},
+            library_versions={}, reference_profile=profile,
+        )
+        s.add(mv)
+        s.flush()
+        s.add(db.Alias(model_name="flight_delay", alias="champion", version_id=mv.id))
+    cur = synth_features(rng, rows, 0.5)
+    cur_scores = scores_of(cur, rng)
+    late = rng.random(rows) < np.clip(cur_scores + 0.1, 0, 1)
+    minutes = np.sort(rng.integers(0, 7 * 24 * 60, rows))
+    predicted_at = [t0 + timedelta(minutes=int(m)) for m in minutes]
+    feature_json = cur[MODEL_FEATURES].astype(object).where(cur[MODEL_FEATURES].notna(), None)
+    records = feature_json.to_dict("records")
+    pred_rows = [
+        {"request_id": f"r{i}", "flight_id": f"f{i}", "model_name": "flight_delay", "model_version": "v1",
+         "predicted_at": predicted_at[i], "sched_dep": predicted_at[i] + timedelta(hours=2),
+         "carrier": cur["carrier"].iat[i], "origin": cur["origin"].iat[i], "dest": cur["dest"].iat[i],
+         "tailnum": "N1", "features": records[i], "missing_features": [], "score": float(cur_scores[i])}
+        for i in range(rows)
+    ]
+    as_of = t0 + timedelta(days=7)
+    matured = rng.random(rows) < 0.7
+    out_rows = [
+        {"flight_id": f"f{i}", "sched_dep": predicted_at[i] + timedelta(hours=2),
+         "landed_at": (predicted_at[i] + timedelta(hours=5)) if matured[i] else as_of + timedelta(days=1),
+         "arr_delay": 30.0 if late[i] else 0.0, "late": bool(late[i])}
+        for i in range(rows)
+    ]
+    with db.transaction(sessions) as s:
+        for chunk in range(0, rows, 20_000):
+            s.execute(insert(db.Prediction), pred_rows[chunk:chunk + 20_000])
+            s.execute(insert(db.Outcome), out_rows[chunk:chunk + 20_000])
+    context = {"t0": t0, "as_of": as_of, "cur": cur, "scores": cur_scores,
+               "labels": np.where(matured, late, np.nan), "profile": profile}
+    return settings, sessions, context
+
+
+def floor(ctx: dict[str, object]) -> float:
+    """numpy-only PSI for every numeric feature + AUC on arrays already in memory (no DB, no JSON)."""
+    cur: pd.DataFrame = ctx["cur"]  # type: ignore[assignment]
+    profile: dict = ctx["profile"]  # type: ignore[type-arg]
+    arrays = {n: cur[n].to_numpy(dtype=float) for n in MODEL_FEATURES}
+    scores: np.ndarray = ctx["scores"]  # type: ignore[assignment]
+    labels: np.ndarray = ctx["labels"]  # type: ignore[assignment]
+    t = time.perf_counter()
+    total = 0.0
+    for name, x in arrays.items():
+        ref = profile["features"][name]
+        edges = np.asarray(ref["edges"])
+        e = np.maximum(np.asarray(ref["proportions"]), 1e-4)
+        x = x[~np.isnan(x)]
+        a = np.maximum(np.bincount(np.searchsorted(edges, x, side="right"), minlength=edges.size + 1) / x.size,
+                       1e-4)
+        total += float(np.sum((a - e) * np.log(a / e)))
+    keep = ~np.isnan(labels)
+    y, p = labels[keep], scores[keep]
+    ranks = np.empty(p.size)
+    ranks[np.argsort(p)] = np.arange(1, p.size + 1)
+    n_pos = y.sum()
+    _auc = (ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (y.size - n_pos))
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=None, help="append a markdown result block here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
+        t = time.perf_counter()
+        settings, sessions, ctx = build(Path(tmp), args.rows, args.seed)
+        setup = time.perf_counter() - t
+        runs = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            result = run_monitoring(sessions, settings, "flight_delay", ctx["t0"],  # type: ignore[arg-type]
+                                    ctx["t0"] + timedelta(days=7), ctx["as_of"])  # type: ignore[operator]
+            runs.append((time.perf_counter() - t, result.seconds))
+        floors = [floor(ctx) for _ in range(args.repeat)]
+    totals = [r[0] for r in runs]
+    best = min(runs, key=lambda r: r[0])
+    lines = [
+        f"## bench/monitor.py — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"command: `.venv/bin/python bench/monitor.py --rows {args.rows} --repeat {args.repeat}`",
+        f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, SQLite",
+        f"setup (schema + {args.rows:,} predictions/outcomes inserted, not timed): {setup:.1f} s",
+        f"predictions in window: {result.n_predictions:,}; labelled (matured): {result.n_labelled:,}; "
+        f"features: {len(result.features)}; alerts: {[a.kind for a in result.alerts]}",
+        "",
+        "| measure | median s | min s |",
+        "|---|---|---|",
+        f"| run_monitoring end to end (read+decode+drift+perf+rules+write) | {statistics.median(totals):.3f} "
+        f"| {min(totals):.3f} |",
+        f"| ├ DB read + JSON decode (best run) | {best[1]['read']:.3f} | |",
+        f"| ├ drift + performance + rules (best run) | {best[1]['compute']:.3f} | |",
+        f"| └ monitoring_runs write (best run) | {best[1]['write']:.3f} | |",
+        f"| floor: numpy PSI ({len(MODEL_FEATURES)} features) + AUC, arrays in memory | "
+        f"{statistics.median(floors):.3f} | {min(floors):.3f} |",
+        "",
+        f"target ≤ 2 s: {'met' if statistics.median(totals) <= 2.0 else 'NOT met'} "
+        f"(ratio to floor {statistics.median(totals) / max(statistics.median(floors), 1e-9):.0f}×)",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    print(json.dumps({"totals": totals, "floors": floors, "best_breakdown": best[1]}))
+    if args.out:
+        with args.out.open("a") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

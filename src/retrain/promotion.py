@@ -1,0 +1,120 @@
+"""Acting on a decision: build a bento pinned to the model, move the champion alias, emit the event.
+
+The bento is built *before* the alias moves, so a failed build leaves the champion as it was; a
+bento built for a move that then fails (e.g. the champion changed meanwhile) is deleted again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from retrain import registry
+from retrain.config import REPO_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+BENTOFILE = REPO_ROOT / "bentos" / "flight_delay" / "bentofile.yaml"
+BentoBuilder = Callable[[Settings, str], str]
+
+
+class BentoBuildError(RuntimeError):
+    """`bentoml build` failed; the champion was not moved."""
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    version: str
+    previous: str | None
+    bento_tag: str | None
+    event_sent: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def build_bento(settings: Settings, model_tag: str, *, timeout: float = 900.0) -> str:
+    """`bentoml build` from the repo root with the model tag baked in; returns the bento tag."""
+    from retrain.modelstore import use_store
+
+    home = use_store(settings)
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    cmd = [sys.executable, "-m", "bentoml", "build", "-f", str(BENTOFILE), "--arg", f"model_tag={model_tag}",
+           "--output", "tag", str(REPO_ROOT)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BentoBuildError(f"bentoml build for {model_tag} did not finish: {exc}") from exc
+    tags = [line.split("__tag__:", 1)[1].strip() for line in proc.stdout.splitlines() if "__tag__:" in line]
+    if proc.returncode != 0 or not tags:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise BentoBuildError(f"bentoml build for {model_tag} failed (exit {proc.returncode}):\n{tail}")
+    return tags[-1]
+
+
+def delete_bento(settings: Settings, bento_tag: str) -> None:
+    from retrain.modelstore import use_store
+
+    use_store(settings)
+    import bentoml
+
+    try:
+        bentoml.bentos.delete(bento_tag)
+    except Exception as exc:  # cleanup must not hide the original failure
+        log.warning("could not delete bento %s: %s", bento_tag, exc)
+
+
+def emit_decision(settings: Settings, event: str, payload: dict[str, Any]) -> bool:
+    """Emit `retrain.model.promoted` / `rejected` on `retrain.model.<name>` (False when not sent)."""
+    from retrain import events
+
+    try:
+        return events.emit(event, events.model_resource(settings.model_name), payload, settings)
+    except Exception as exc:  # the decision is recorded; a lost notification must not undo it
+        log.warning("event %s not sent: %s", event, exc)
+        return False
+
+
+def promote_version(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    version: str,
+    reason: str,
+    actor: str,
+    evaluation_id: int | None = None,
+    *,
+    build: bool = True,
+    builder: BentoBuilder | None = None,
+    expect_champion_id: int | None = registry._UNSET,
+) -> PromotionResult:
+    """Build the bento, then move the champion alias (recording the bento tag), then emit the event."""
+    if not reason or not reason.strip():
+        raise registry.RegistryError("reason: a promotion needs a reason")
+    with sessions() as session:
+        target = registry.find_version(session, version, settings.model_name)
+        champion = registry.alias_in(session, settings.model_name, registry.CHAMPION)
+    if champion is not None and champion.id == target.id:
+        raise registry.RegistryError(f"version {target.version} is already the champion")
+    bento_tag = (builder or build_bento)(settings, target.bento_model_tag) if build else None
+    try:
+        row = registry.promote(sessions, target.version, reason, actor, evaluation_id, model_name=settings.model_name,
+                               bento_tag=bento_tag, expect_champion_id=expect_champion_id)
+    except BaseException:
+        if bento_tag:
+            delete_bento(settings, bento_tag)
+        raise
+    previous = champion.version if champion else None
+    sent = emit_decision(settings, "retrain.model.promoted", {
+        "version": row.version, "bento_model_tag": row.bento_model_tag, "bento_tag": bento_tag,
+        "previous": previous, "evaluation_id": evaluation_id, "reason": reason, "actor": actor,
+    })
+    log.info("promoted %s (previous %s, bento %s)", row.version, previous, bento_tag)
+    return PromotionResult(row.version, previous, bento_tag, sent)
