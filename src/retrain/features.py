@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,9 +128,10 @@ def rolling_delay_stats(
     if outcomes.empty:
         return pd.DataFrame(columns=[key, "event_timestamp"])
     day_ns = 86_400 * 10**9
-    landed = pd.to_datetime(outcomes["landed_at"], utc=True).dt.tz_convert("UTC").dt.tz_localize(None)
+    landed = pd.to_datetime(outcomes["landed_at"], utc=True).dt.tz_localize(None)
     landed_day = landed.to_numpy().astype("datetime64[ns]").astype("int64") // day_ns
-    snap_day = snapshots.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[ns]").astype("int64") // day_ns
+    snap_day = snapshots.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[ns]").astype("int64")
+    snap_day = snap_day // day_ns
     first = min(int(landed_day.min()), int(snap_day.min()) - max(windows.values()) - 1)
     n_days = int(max(landed_day.max(), snap_day.max())) - first + 2
     codes, uniques = pd.factorize(keys_of.to_numpy())
