@@ -61,9 +61,26 @@ class Settings(BaseSettings):
     serve_max_batch: int = 1000
     serve_follow_seconds: float = 2.0
     api_key: str | None = None
+    # --- serving internals (src/retrain/serving.py, follow.py, predlog.py) ----------------------
+    serve_workers: int = Field(default=1, ge=1, description="BentoML worker processes; each follows the champion.")
+    serve_swap_retry_seconds: float = Field(default=30.0, gt=0, description="Retry a model that failed to load.")
+    serve_log_flush_seconds: float = Field(default=0.5, gt=0, description="Prediction-log flush interval.")
+    serve_log_retry_seconds: float = Field(
+        default=2.0, gt=0, description="After a failed database write, spill without retrying for this long."
+    )
+    serve_log_max_rows: int = Field(default=5000, ge=1, description="Rows per prediction-log insert.")
+    # --- end serving internals ------------------------------------------------------------------
 
     # prefect
     prefect_port: int = 4200
+
+    # --- retraining policy (src/retrain/retraining.py) -----------------------------------------
+    retrain_train_days: float = Field(default=56.0, gt=0, description="Challenger training window length.")
+    retrain_eval_days: float = Field(default=14.0, gt=0, description="Fresh evaluation window length.")
+    retrain_label_lag_hours: float = Field(
+        default=12.0, ge=0, description="Evaluation windows end this long before now, so their labels matured."
+    )
+    retrain_build_bento: bool = Field(default=True, description="Build a pinned bento on promotion.")
 
     # --- monitoring, alert rules and the alert ledger (src/retrain/monitor.py, events.py) ---------
     # window and reference profile

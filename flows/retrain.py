@@ -1,0 +1,80 @@
+"""Retrain flow: started by `retrain.alert.*` events through the deployment trigger in prefect.yaml.
+
+Parameters arrive as strings rendered from the event (each with a default); the alert ledger
+decides whether this run does any work, and every skip is recorded with its reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+
+from retrain import clock
+from retrain.config import get_settings
+from retrain.evaluate import evaluate_version
+from retrain.events import AlertPayload
+from retrain.features import materialize_until, open_store, refresh_feature_tables
+from retrain.ingest import replay_until
+from retrain.registry import open_registry
+from retrain.retraining import run_retrain
+from retrain.train import feast_frame_provider, train_version
+
+Scalar = str | float | int | None
+
+
+@task(retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def catch_up_task(now: datetime) -> dict[str, Any]:
+    """Land what the clock has released and bring the online store up to `now`."""
+    settings = get_settings()
+    done: dict[str, Any] = {}
+    if clock.simulated(settings):
+        done["replay"] = replay_until(settings, open_registry(settings), now).counts()
+        done["tables"] = refresh_feature_tables(settings, now)
+    done["materialize"] = materialize_until(open_store(settings), settings, now)
+    return done
+
+
+@task(cache_policy=NONE)
+def train_task(start: datetime, end: datetime) -> str:
+    """Train a challenger on [start, end); returns its version."""
+    settings = get_settings()
+    return train_version(settings, open_registry(settings), feast_frame_provider(settings), start, end).version
+
+
+@task(cache_policy=NONE)
+def evaluate_task(version: str, start: datetime, end: datetime) -> Any:
+    """Champion vs challenger on [start, end); promotes on a pass (bento build first)."""
+    settings = get_settings()
+    return evaluate_version(settings, open_registry(settings), version, feast_frame_provider(settings),
+                            window_from=start, window_to=end, act=True, build_bento=settings.retrain_build_bento,
+                            actor="flow:retrain")
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric: Scalar = "", value: Scalar = "",
+                 threshold: Scalar = "", window_from: Scalar = "", window_to: Scalar = "", dedupe_key: Scalar = "",
+                 reason: Scalar = "", source: Scalar = "event", event_id: Scalar = "") -> dict[str, Any]:
+    """Ledger-guarded retrain for one alert: catch up, train, shadow, evaluate, promote or reject.
+
+    Payload fields are rendered from the event as JSON values (a number stays a number), so each
+    parameter takes a string, a number or null; `AlertPayload` does the typing and names a bad field.
+    """
+    settings = get_settings()
+    payload = AlertPayload.model_validate({
+        "kind": kind or "manual", "metric": metric, "value": value, "threshold": threshold,
+        "window_from": window_from or None, "window_to": window_to or None,
+        "dedupe_key": "" if dedupe_key is None else str(dedupe_key),
+        "reason": str(reason or ""), "source": str(source or "event"), "model": model_name or settings.model_name,
+    })
+    report = run_retrain(
+        settings, open_registry(settings), payload, clock.now(settings),
+        train=lambda a, b: train_task(a, b), evaluate=lambda v, a, b: evaluate_task(v, a, b),
+        catch_up=lambda now: catch_up_task(now), flow_run_id=str(flow_run.get_id() or ""),
+    )
+    get_run_logger().info("alert %s (%s, event %s): %s", report.alert_id, report.outcome, event_id or "-",
+                          report.detail)
+    return report.as_json()

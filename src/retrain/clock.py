@@ -1,0 +1,49 @@
+"""The time retrain acts on: wall-clock UTC, or a simulated "now" during a replay of history.
+
+The demo replays 2013; every process (flows on the worker, the CLI, the service) must agree on
+the simulated present, so it lives in one small file under RETRAIN_HOME instead of in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from retrain.config import Settings
+
+CLOCK_FILE = "sim_clock.json"
+
+
+def _path(settings: Settings) -> Path:
+    return settings.home / CLOCK_FILE
+
+
+def now(settings: Settings) -> datetime:
+    """The simulated present if a replay set one, else wall-clock UTC."""
+    path = _path(settings)
+    if path.exists():
+        return datetime.fromisoformat(json.loads(path.read_text())["now"]).astimezone(UTC)
+    return datetime.now(UTC)
+
+
+def simulated(settings: Settings) -> bool:
+    """Whether a replay clock is active."""
+    return _path(settings).exists()
+
+
+def set_now(settings: Settings, when: datetime) -> None:
+    """Advance the simulated present (atomic write, readable by other processes at any time)."""
+    if when.tzinfo is None:
+        raise ValueError(f"clock: naive datetime {when!r}; pass UTC")
+    path = _path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"now": when.astimezone(UTC).isoformat()}))
+    os.replace(tmp, path)
+
+
+def clear(settings: Settings) -> None:
+    """Back to wall-clock time."""
+    _path(settings).unlink(missing_ok=True)
