@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import insert
+from sqlalchemy import create_engine, insert, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from retrain import db
 from retrain.config import Settings
@@ -69,8 +76,19 @@ def scores_of(frame: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
     return 1 / (1 + np.exp(-z))
 
 
-def build(tmp: Path, rows: int, seed: int) -> tuple[Settings, db.sessionmaker[db.Session], dict[str, object]]:
-    settings = Settings(home=tmp)
+@dataclass
+class Context:
+    t0: datetime
+    as_of: datetime
+    cur: pd.DataFrame
+    scores: np.ndarray
+    labels: np.ndarray
+    profile: dict[str, Any]
+
+
+def build(tmp: Path, rows: int, seed: int, database_url: str | None = None
+          ) -> tuple[Settings, sessionmaker[Session], Context]:
+    settings = Settings(home=tmp, database_url=database_url)
     db.upgrade(settings.db_url)
     engine = db.make_engine(settings.db_url)
     sessions = db.session_factory(engine)
@@ -95,9 +113,9 @@ def build(tmp: Path, rows: int, seed: int) -> tuple[Settings, db.sessionmaker[db
     late = rng.random(rows) < np.clip(cur_scores + 0.1, 0, 1)
     minutes = np.sort(rng.integers(0, 7 * 24 * 60, rows))
     predicted_at = [t0 + timedelta(minutes=int(m)) for m in minutes]
-    feature_json = cur[MODEL_FEATURES].astype(object).where(cur[MODEL_FEATURES].notna(), None)
-    records = feature_json.to_dict("records")
-    pred_rows = [
+    records = [{k: (None if v != v else v) for k, v in rec.items()}  # NaN -> JSON null
+               for rec in cur[MODEL_FEATURES].to_dict("records")]
+    pred_rows: list[dict[str, Any]] = [
         {"request_id": f"r{i}", "flight_id": f"f{i}", "model_name": "flight_delay", "model_version": "v1",
          "predicted_at": predicted_at[i], "sched_dep": predicted_at[i] + timedelta(hours=2),
          "carrier": cur["carrier"].iat[i], "origin": cur["origin"].iat[i], "dest": cur["dest"].iat[i],
@@ -116,18 +134,14 @@ def build(tmp: Path, rows: int, seed: int) -> tuple[Settings, db.sessionmaker[db
         for chunk in range(0, rows, 20_000):
             s.execute(insert(db.Prediction), pred_rows[chunk:chunk + 20_000])
             s.execute(insert(db.Outcome), out_rows[chunk:chunk + 20_000])
-    context = {"t0": t0, "as_of": as_of, "cur": cur, "scores": cur_scores,
-               "labels": np.where(matured, late, np.nan), "profile": profile}
-    return settings, sessions, context
+    return settings, sessions, Context(t0, as_of, cur, cur_scores, np.where(matured, late, np.nan), profile)
 
 
-def floor(ctx: dict[str, object]) -> float:
+def floor(ctx: Context) -> float:
     """numpy-only PSI for every numeric feature + AUC on arrays already in memory (no DB, no JSON)."""
-    cur: pd.DataFrame = ctx["cur"]  # type: ignore[assignment]
-    profile: dict = ctx["profile"]  # type: ignore[type-arg]
-    arrays = {n: cur[n].to_numpy(dtype=float) for n in MODEL_FEATURES}
-    scores: np.ndarray = ctx["scores"]  # type: ignore[assignment]
-    labels: np.ndarray = ctx["labels"]  # type: ignore[assignment]
+    profile = ctx.profile
+    arrays = {n: ctx.cur[n].to_numpy(dtype=float) for n in MODEL_FEATURES}
+    scores, labels = ctx.scores, ctx.labels
     t = time.perf_counter()
     total = 0.0
     for name, x in arrays.items():
@@ -147,31 +161,56 @@ def floor(ctx: dict[str, object]) -> float:
     return time.perf_counter() - t
 
 
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database (created and dropped) for `--postgres`."""
+    name = f"bench_monitor_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--postgres", metavar="ADMIN_URL", default=None,
+                        help="run on a throwaway PostgreSQL database created via this admin URL, e.g. "
+                        "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--out", type=Path, default=None, help="append a markdown result block here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp, ExitStack() as stack:
+        url = stack.enter_context(postgres_database(args.postgres)) if args.postgres else None
         t = time.perf_counter()
-        settings, sessions, ctx = build(Path(tmp), args.rows, args.seed)
+        settings, sessions, ctx = build(Path(tmp), args.rows, args.seed, url)
         setup = time.perf_counter() - t
         runs = []
+        cpu = []
+        load_before = os.getloadavg()[0]
         for _ in range(args.repeat):
-            t = time.perf_counter()
-            result = run_monitoring(sessions, settings, "flight_delay", ctx["t0"],  # type: ignore[arg-type]
-                                    ctx["t0"] + timedelta(days=7), ctx["as_of"])  # type: ignore[operator]
+            t, c = time.perf_counter(), time.process_time()
+            result = run_monitoring(sessions, settings, "flight_delay", ctx.t0, ctx.t0 + timedelta(days=7),
+                                    ctx.as_of)
             runs.append((time.perf_counter() - t, result.seconds))
+            cpu.append(time.process_time() - c)
         floors = [floor(ctx) for _ in range(args.repeat)]
+        sessions.kw["bind"].dispose()
+    backend = "PostgreSQL 15" if args.postgres else "SQLite (WAL)"
     totals = [r[0] for r in runs]
     best = min(runs, key=lambda r: r[0])
     lines = [
         f"## bench/monitor.py — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        f"command: `.venv/bin/python bench/monitor.py --rows {args.rows} --repeat {args.repeat}`",
-        f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, SQLite",
+        f"command: `.venv/bin/python bench/monitor.py {' '.join(sys.argv[1:])}`",
+        f"machine: {platform.machine()}, {os.cpu_count()} cores (shared), python {platform.python_version()}, "
+        f"backend: {backend}; 1-min load average at start: {load_before:.1f} (other jobs share the machine)",
         f"setup (schema + {args.rows:,} predictions/outcomes inserted, not timed): {setup:.1f} s",
         f"predictions in window: {result.n_predictions:,}; labelled (matured): {result.n_labelled:,}; "
         f"features: {len(result.features)}; alerts: {[a.kind for a in result.alerts]}",
@@ -183,6 +222,8 @@ def main() -> int:
         f"| ├ DB read + JSON decode (best run) | {best[1]['read']:.3f} | |",
         f"| ├ drift + performance + rules (best run) | {best[1]['compute']:.3f} | |",
         f"| └ monitoring_runs write (best run) | {best[1]['write']:.3f} | |",
+        f"| run_monitoring CPU time (all threads of this process) | {statistics.median(cpu):.3f} "
+        f"| {min(cpu):.3f} |",
         f"| floor: numpy PSI ({len(MODEL_FEATURES)} features) + AUC, arrays in memory | "
         f"{statistics.median(floors):.3f} | {min(floors):.3f} |",
         "",

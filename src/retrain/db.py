@@ -7,6 +7,8 @@ predictions, outcomes, alerts and monitoring runs. The same Alembic migrations r
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -263,7 +265,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            # While another process closes the last connection (checkpoint + WAL removal) or recovers
+            # the WAL index, this PRAGMA can fail with "database is locked" at once, without the busy
+            # timeout (seen with 20 processes connecting at the same instant): retry briefly.
+            deadline = time.monotonic() + 30.0
+            while True:
+                try:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 

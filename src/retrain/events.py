@@ -13,13 +13,14 @@ Prefect is imported lazily (only `emit` needs it): the CLI must start fast.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
@@ -28,6 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from retrain.config import Settings
 from retrain.db import Alert, Promotion, transaction
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +198,15 @@ def build_event(
     }
 
 
-def post_events_http(api_url: str, events: list[dict[str, Any]], *, timeout: float = 10.0) -> int:
+def post_events_http(
+    api_url: str, events: list[dict[str, Any]], *, timeout: float = 10.0, client: httpx.Client | None = None
+) -> int:
     """POST a JSON list of events to `{api_url}/events` (Prefect's documented intake); returns the status.
 
-    `api_url` is the Prefect API root, e.g. `http://127.0.0.1:4200/api`. Events lacking `id` or
+    `api_url` is the Prefect API root, e.g. `http://127.0.0.1:4200/api` (the server route is
+    `POST /api/events`, body a list of events, answer 204 No Content). Events lacking `id` or
     `occurred` get them (the server requires both). Raises `httpx.HTTPStatusError` on a refusal, so a
-    malformed event is reported rather than lost. The server answers 204 No Content.
+    malformed event is reported rather than lost.
     """
     import httpx
 
@@ -211,7 +218,11 @@ def post_events_http(api_url: str, events: list[dict[str, Any]], *, timeout: flo
     headers = {}
     if key := os.environ.get("PREFECT_API_KEY"):
         headers["Authorization"] = f"Bearer {key}"
-    response = httpx.post(api_url.rstrip("/") + "/events", json=prepared, headers=headers, timeout=timeout)
+    url = api_url.rstrip("/") + "/events"
+    if client is not None:
+        response = client.post(url, json=prepared, headers=headers, timeout=timeout)
+    else:
+        response = httpx.post(url, json=prepared, headers=headers, timeout=timeout)
     response.raise_for_status()
     return response.status_code
 
@@ -315,17 +326,24 @@ def record_alert(
     return row
 
 
+def _fit_key(key: str, limit: int = 256) -> str:
+    """Keys longer than the column keep a prefix plus a hash of the whole (distinct keys stay distinct)."""
+    if len(key) <= limit:
+        return key
+    return key[: limit - 41] + ":" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
 def _alert_row(payload: AlertPayload, model_name: str, dedupe_key: str, outcome: str, detail: str | None,
                flow_run_id: str | None, received_at: datetime) -> Alert:
     return Alert(
         model_name=model_name,
         kind=payload.kind,
-        metric=payload.metric,
+        metric=payload.metric[:128] if payload.metric else None,
         value=payload.value,
         threshold=payload.threshold,
         window_from=payload.window_from,
         window_to=payload.window_to,
-        dedupe_key=dedupe_key,
+        dedupe_key=_fit_key(dedupe_key),
         source=payload.source[:64],
         outcome=outcome,
         detail=detail,
@@ -370,7 +388,7 @@ def admit(
     """
     now = _aware_utc(now) or datetime.now(UTC)
     model = model_name or payload.model or settings.model_name
-    key = payload.effective_dedupe_key(model, now, settings)
+    key = _fit_key(payload.effective_dedupe_key(model, now, settings))
 
     def skip(outcome: LedgerOutcome, detail: str) -> LedgerDecision:
         row = record_alert(sessions, payload, model_name=model, dedupe_key=key, outcome=outcome,
@@ -388,7 +406,9 @@ def admit(
     cooldown = timedelta(hours=settings.retrain_cooldown_hours)
     if promoted_at is not None and now - promoted_at < cooldown:
         until = promoted_at + cooldown
-        return skip("cooldown", f"cooldown: last promotion at {promoted_at.isoformat()}, "
+        clocks = (f" (later than now={now.isoformat()}: are promotions and alerts stamped by different "
+                  "clocks, e.g. wall time vs a replay clock?)") if promoted_at > now else ""
+        return skip("cooldown", f"cooldown: last promotion at {promoted_at.isoformat()}{clocks}, "
                                 f"retraining allowed from {until.isoformat()}")
     detail = "admitted: retrain starts"
     try:

@@ -300,8 +300,9 @@ def materialize_until(store: FeatureStore, settings: Settings, until: TimeLike) 
     end = to_utc(until).to_pydatetime()
     with materialization_lock(settings):
         views = store.list_feature_views()
-        fresh = [v.name for v in views if not v.materialization_intervals]
-        seeded = [v.name for v in views if v.materialization_intervals]
+        # A premature `feast materialize-incremental` records an empty, inverted interval: not a seed.
+        fresh = [v.name for v in views if not any(s <= e for s, e in v.materialization_intervals)]
+        seeded = [v.name for v in views if v.name not in fresh]
         t0 = time.perf_counter()
         if fresh:
             start = data_start(settings).to_pydatetime()

@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from retrain import metrics
+from retrain.config import Settings
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -69,6 +70,12 @@ def is_categorical(series: pd.Series) -> bool:
     return not (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series))
 
 
+def _probabilities(k: int) -> FloatArray:
+    """k evenly spaced probabilities in [0, 1], nudged down by 1e-12 so that p = j/n lands on the
+    j-th order statistic despite rounding (0.01 is not exactly representable)."""
+    return np.clip(np.linspace(0.0, 1.0, k) - 1e-12, 0.0, 1.0)
+
+
 def numeric_profile(values: Any, bins: int = 10, quantiles: int = 201) -> dict[str, Any]:
     """Inner bin edges (ends are -inf/+inf, implicit so the JSON stays strict), proportions, sketch."""
     arr = as_float_array(values)
@@ -79,10 +86,10 @@ def numeric_profile(values: Any, bins: int = 10, quantiles: int = 201) -> dict[s
     if n == 0:
         return {"type": "numeric", "n": 0, "null_rate": null_rate, "edges": [], "proportions": [],
                 "quantiles": [], "mean": None, "std": None}
-    inner = np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1], method=_QUANTILE_METHOD)
+    inner = np.quantile(finite, _probabilities(bins + 1)[1:-1], method=_QUANTILE_METHOD)
     edges = np.unique(inner)
     counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=edges.size + 1)
-    sketch = np.quantile(finite, np.linspace(0, 1, quantiles), method=_QUANTILE_METHOD)
+    sketch = np.quantile(finite, _probabilities(quantiles), method=_QUANTILE_METHOD)
     return {
         "type": "numeric",
         "n": n,
@@ -126,13 +133,18 @@ def build_reference_profile(
     bins: int = 10,
     quantiles: int = 201,
     top_k: int = 30,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """The JSON-safe profile stored with a model version at training time.
 
     `frame` holds the reference rows (training or validation set), `scores` the model's scores on
     them. With `labels`, the profile also records the reference AUC/log loss/ECE, which monitoring
-    uses as the champion's baseline for the AUC-drop rule.
+    uses as the champion's baseline for the AUC-drop rule (pass the validation labels). `settings`,
+    when given, supplies bins/quantiles/top_k (`monitor_profile_*`).
     """
+    if settings is not None:
+        bins, quantiles = settings.monitor_profile_bins, settings.monitor_profile_quantiles
+        top_k = settings.monitor_profile_top_k
     missing = [name for name in feature_names if name not in frame.columns]
     if missing:
         raise ValueError(f"feature_names: columns {missing} are not in the reference frame")
@@ -172,25 +184,24 @@ def psi(expected: Any, actual: Any, eps: float = EPS) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def ks_from_sketch(sketch: Sequence[float], values: FloatArray) -> float:
+def ks_from_sketch(sketch: Sequence[float], values: FloatArray, *, presorted: bool = False) -> float:
     """Two-sample KS statistic of `values` against a reference quantile sketch.
 
     The sketch holds `inverted_cdf` quantiles at evenly spaced probabilities; the reference CDF at a
     sketch value v is the largest probability whose quantile is v (exact at ties, so discrete
     features are right), linear in between. Both CDFs are evaluated at every sketch and current
-    value, as the two-sample statistic is.
+    value, as the two-sample statistic is. NaNs must be removed first.
     """
     q = np.asarray(sketch, dtype=float)
-    x = np.sort(values[~np.isnan(values)])
+    x = values if presorted else np.sort(values)
     if q.size == 0 or x.size == 0:
         return math.nan
     p = np.linspace(0.0, 1.0, q.size)
     uq, first_in_reversed = np.unique(q[::-1], return_index=True)
     p_at = p[::-1][first_in_reversed]  # the largest p with quantile == value
-    points = np.union1d(uq, x)
-    f_cur = np.searchsorted(x, points, side="right") / x.size
-    f_ref = np.interp(points, uq, p_at, left=0.0, right=1.0)
-    return float(np.max(np.abs(f_cur - f_ref)))
+    at_x = np.abs(np.searchsorted(x, x, side="right") / x.size - np.interp(x, uq, p_at, left=0.0, right=1.0))
+    at_q = np.abs(np.searchsorted(x, uq, side="right") / x.size - p_at)
+    return float(max(at_x.max(), at_q.max()))
 
 
 @dataclass
@@ -211,48 +222,66 @@ class FeatureDrift:
 
 
 def numeric_drift(name: str, ref: Mapping[str, Any], values: Any) -> FeatureDrift:
-    """PSI over the reference bins plus a null bin, and KS against the sketch."""
+    """PSI over the reference bins plus a null bin, and KS against the sketch (one sort in all)."""
     arr = as_float_array(values)
     n_total = arr.size
-    finite = arr[~np.isnan(arr)]
-    null_rate = 1.0 - finite.size / n_total if n_total else 0.0
+    x = np.sort(arr)  # NaNs sort last
+    n = int(n_total - np.count_nonzero(np.isnan(arr)))
+    x = x[:n]
+    null_rate = 1.0 - n / n_total if n_total else 0.0
     ref_null = float(ref.get("null_rate", 0.0))
     edges = np.asarray(ref.get("edges", []), dtype=float)
     ref_props = np.asarray(ref.get("proportions", []), dtype=float)
     value_psi: float | None = None
     if n_total and ref_props.size:
-        counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=edges.size + 1)
+        # bin i holds edges[i-1] <= v < edges[i]: counts from the sorted values by binary search
+        counts = np.diff(np.concatenate(([0], np.searchsorted(x, edges, side="left"), [n])))
         expected = np.append(ref_props * (1.0 - ref_null), ref_null)
         actual = np.append(counts / n_total, null_rate)
         value_psi = psi(expected, actual)
-    ks = ks_from_sketch(ref.get("quantiles", []), finite) if finite.size else math.nan
+    ks = ks_from_sketch(ref.get("quantiles", []), x, presorted=True) if n else math.nan
     return FeatureDrift(
-        name=name, kind="numeric", n=int(finite.size), null_rate=null_rate, ref_null_rate=ref_null,
+        name=name, kind="numeric", n=n, null_rate=null_rate, ref_null_rate=ref_null,
         psi=value_psi, ks=_finite_or_none(ks),
-        mean=float(finite.mean()) if finite.size else None, ref_mean=ref.get("mean"),
+        mean=float(x.mean()) if n else None, ref_mean=ref.get("mean"),
     )
 
 
-def categorical_drift(name: str, ref: Mapping[str, Any], values: Any) -> FeatureDrift:
-    """PSI and total variation over the reference categories (+ `__other__` + a null bin)."""
+def category_counts(values: Any) -> dict[str | None, int]:
+    """Counts per category (None = missing): what `categorical_drift` needs, computable in SQL too."""
     series = _category_strings(values)
-    n_total = int(series.size)
-    present = series.dropna()
+    counts: dict[str | None, int] = {str(k): int(v) for k, v in series.value_counts(dropna=True).items()}
+    missing = int(series.isna().sum())
+    if missing:
+        counts[None] = missing
+    return counts
+
+
+def categorical_drift(name: str, ref: Mapping[str, Any], values: Any) -> FeatureDrift:
+    """PSI and total variation over the reference categories (+ `__other__` + a null bin).
+
+    `values` is the window's values, or a mapping category -> count (None = missing) when the
+    counting was done elsewhere (e.g. `GROUP BY` in the database).
+    """
+    counts = ({(None if k is None else str(k)): int(v) for k, v in values.items()}
+              if isinstance(values, Mapping) else category_counts(values))
+    n_total = sum(counts.values())
+    n_null = counts.get(None, 0)
+    n = n_total - n_null
     freqs: Mapping[str, float] = ref.get("frequencies", {})
     known = [c for c in freqs if c != OTHER]
-    counts = present.value_counts()
-    in_known = counts.reindex(known, fill_value=0).to_numpy(dtype=float)
-    unseen = float(counts.sum() - in_known.sum())
+    in_known = np.array([counts.get(c, 0) for c in known], dtype=float)
+    unseen = float(n - in_known.sum())
     ref_null = float(ref.get("null_rate", 0.0))
-    null_rate = 1.0 - present.size / n_total if n_total else 0.0
+    null_rate = n_null / n_total if n_total else 0.0
     expected = np.array([freqs[c] for c in known] + [freqs.get(OTHER, 0.0)]) * (1.0 - ref_null)
     expected = np.append(expected, ref_null)
     actual = np.append(np.append(in_known, unseen) / max(n_total, 1), null_rate)
     return FeatureDrift(
-        name=name, kind="categorical", n=int(present.size), null_rate=null_rate, ref_null_rate=ref_null,
+        name=name, kind="categorical", n=n, null_rate=null_rate, ref_null_rate=ref_null,
         psi=psi(expected, actual) if n_total else None,
         tv=float(0.5 * np.abs(expected - actual).sum()) if n_total else None,
-        unseen_rate=unseen / present.size if present.size else None,
+        unseen_rate=unseen / n if n else None,
     )
 
 
