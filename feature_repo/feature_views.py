@@ -4,8 +4,8 @@ from datetime import timedelta
 from typing import Any
 
 from feast import FeatureView
-from feast.on_demand_feature_view import on_demand_feature_view
 from feast.field import Field
+from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
 
 from data_sources import (
@@ -15,12 +15,12 @@ from data_sources import (
     route_stats_source,
     weather_source,
 )
-from entities import aircraft, airport, carrier, route
+from entities import aircraft, airport_hour, carrier_day, route_day
 
 weather_hourly = FeatureView(
     name="weather_hourly",
-    entities=[airport],
-    ttl=timedelta(hours=3),
+    entities=[airport_hour],
+    ttl=timedelta(hours=1),
     schema=[
         Field(name="temp", dtype=Float64), Field(name="dewp", dtype=Float64),
         Field(name="humid", dtype=Float64), Field(name="wind_dir", dtype=Float64),
@@ -29,7 +29,7 @@ weather_hourly = FeatureView(
         Field(name="visib", dtype=Float64),
     ],
     source=weather_source,
-    description="Hourly weather at the origin airport, stamped at the observation hour (UTC).",
+    description="Weather at the origin in the departure hour (UTC), last observation carried <= 2 h.",
 )
 
 plane_attributes = FeatureView(
@@ -46,8 +46,8 @@ plane_attributes = FeatureView(
 
 carrier_stats = FeatureView(
     name="carrier_stats",
-    entities=[carrier],
-    ttl=timedelta(days=3),
+    entities=[carrier_day],
+    ttl=timedelta(days=1),
     schema=[
         Field(name="carrier_late_rate_7d", dtype=Float64), Field(name="carrier_flights_7d", dtype=Float64),
         Field(name="carrier_mean_delay_7d", dtype=Float64), Field(name="carrier_late_rate_28d", dtype=Float64),
@@ -58,8 +58,8 @@ carrier_stats = FeatureView(
 
 route_stats = FeatureView(
     name="route_stats",
-    entities=[route],
-    ttl=timedelta(days=3),
+    entities=[route_day],
+    ttl=timedelta(days=1),
     schema=[
         Field(name="route_late_rate_28d", dtype=Float64), Field(name="route_flights_28d", dtype=Float64),
         Field(name="route_mean_delay_28d", dtype=Float64),

@@ -22,10 +22,11 @@ def _path(settings: Settings) -> Path:
 
 def now(settings: Settings) -> datetime:
     """The simulated present if a replay set one, else wall-clock UTC."""
-    path = _path(settings)
-    if path.exists():
-        return datetime.fromisoformat(json.loads(path.read_text())["now"]).astimezone(UTC)
-    return datetime.now(UTC)
+    try:
+        text = _path(settings).read_text()
+    except FileNotFoundError:
+        return datetime.now(UTC)
+    return datetime.fromisoformat(json.loads(text)["now"]).astimezone(UTC)
 
 
 def simulated(settings: Settings) -> bool:

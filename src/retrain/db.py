@@ -38,8 +38,15 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def utcnow() -> datetime:
-    """Timezone-aware UTC now."""
-    return datetime.now(UTC)
+    """Retrain's present, timezone-aware UTC: the replay clock during a replay, else wall-clock time.
+
+    Every recorded time (promotions, alerts, predictions) is stamped through here so that a replay
+    of history (the demo) keeps cooldowns, windows and monthly tables in simulated time.
+    """
+    from retrain.clock import now
+    from retrain.config import get_settings
+
+    return now(get_settings())
 
 
 class UTCDateTime(TypeDecorator[datetime]):

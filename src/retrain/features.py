@@ -38,7 +38,8 @@ CARRIER_FEATURES = ["carrier_late_rate_7d", "carrier_flights_7d", "carrier_mean_
 ROUTE_FEATURES = ["route_late_rate_28d", "route_flights_28d", "route_mean_delay_28d"]
 REQUEST_FEATURES = ["dep_hour", "dep_weekday", "dep_month", "dep_minute_of_day", "flight_distance"]
 MODEL_FEATURES: list[str] = WEATHER_FEATURES + PLANE_FEATURES + CARRIER_FEATURES + ROUTE_FEATURES + REQUEST_FEATURES
-ENTITY_KEYS = ["origin", "tailnum", "carrier", "route"]
+ENTITY_KEYS = ["origin_hour", "tailnum", "carrier_day", "route_day"]
+WEATHER_CARRY_HOURS = 2
 MISSING_TAILNUM = ""
 FEATURE_TABLES = ("weather", "planes", "carrier_stats", "route_stats")
 
@@ -90,15 +91,38 @@ def _us(series: pd.Series) -> pd.Series:
     return pd.to_datetime(series, utc=True).dt.floor("us").astype("datetime64[us, UTC]")
 
 
+def hour_key(prefix: pd.Series, when: pd.Series) -> pd.Series:
+    """Bucketed join key `<prefix>|YYYY-MM-DDTHH` (UTC hour)."""
+    return prefix.astype(str) + "|" + pd.to_datetime(when, utc=True).dt.strftime("%Y-%m-%dT%H")
+
+
+def day_key(prefix: pd.Series, when: pd.Series) -> pd.Series:
+    """Bucketed join key `<prefix>|YYYY-MM-DD` (UTC day)."""
+    return prefix.astype(str) + "|" + pd.to_datetime(when, utc=True).dt.strftime("%Y-%m-%d")
+
+
 def weather_table(horizon: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
-    """Hourly weather per origin observed at or before `horizon`."""
+    """Weather per origin and UTC hour, observed at or before `horizon`.
+
+    One row per (origin, hour) on a complete hourly grid; an hour without an observation carries
+    the last one forward for at most WEATHER_CARRY_HOURS (the same answer a backward as-of join with
+    a 3-hour TTL gives). Rows are keyed `origin_hour` so both the point-in-time join and the online
+    lookup are exact-key matches: a flight gets the weather of its departure hour, offline and online.
+    """
     w = load_weather()
-    w = w[w["time_hour"] <= horizon]
-    out = w[["origin", *WEATHER_FEATURES]].astype({c: "float64" for c in WEATHER_FEATURES})
-    out.insert(1, "event_timestamp", _us(w["time_hour"]))
-    out = out.drop_duplicates(["origin", "event_timestamp"], keep="last")
+    w = w[w["time_hour"] <= horizon].drop_duplicates(["origin", "time_hour"], keep="last")
+    frames = []
+    for origin, grp in w.groupby("origin"):
+        g = grp.set_index("time_hour")[WEATHER_FEATURES].astype("float64")
+        grid = pd.date_range(g.index.min(), g.index.max(), freq="h")
+        g = g.reindex(grid).ffill(limit=WEATHER_CARRY_HOURS).dropna(how="all")
+        g.insert(0, "origin", str(origin))
+        frames.append(g.rename_axis("event_timestamp").reset_index())
+    out = pd.concat(frames, ignore_index=True)
+    out["event_timestamp"] = _us(out["event_timestamp"])
+    out.insert(0, "origin_hour", hour_key(out["origin"], out["event_timestamp"]))
     out["created"] = created
-    return out.reset_index(drop=True)
+    return out
 
 
 def planes_table(known_at: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
@@ -166,6 +190,7 @@ def carrier_stats_table(
 ) -> pd.DataFrame:
     stats = rolling_delay_stats(outcomes, "carrier", carriers, {"7d": 7, "28d": 28}, snapshots)
     out = pd.DataFrame({
+        "carrier_day": day_key(stats["carrier"], stats["event_timestamp"]),
         "carrier": stats["carrier"], "event_timestamp": stats["event_timestamp"],
         "carrier_late_rate_7d": stats.get("rate_7d"), "carrier_flights_7d": stats.get("n_7d"),
         "carrier_mean_delay_7d": stats.get("delay_7d"), "carrier_late_rate_28d": stats.get("rate_28d"),
@@ -179,6 +204,7 @@ def route_stats_table(
 ) -> pd.DataFrame:
     stats = rolling_delay_stats(outcomes, "route", routes, {"28d": 28}, snapshots)
     out = pd.DataFrame({
+        "route_day": day_key(stats["route"], stats["event_timestamp"]),
         "route": stats["route"], "event_timestamp": stats["event_timestamp"],
         "route_late_rate_28d": stats.get("rate_28d"), "route_flights_28d": stats.get("n_28d"),
         "route_mean_delay_28d": stats.get("delay_28d"),
@@ -225,15 +251,25 @@ def refresh_feature_tables(settings: Settings, known_until: TimeLike | None = No
 
 
 def entity_frame(flights: pd.DataFrame) -> pd.DataFrame:
-    """Entity rows for `flight_delay_v1`: join keys, event timestamp and request fields."""
+    """Entity rows for `flight_delay_v1`: bucketed join keys, event timestamp and request fields.
+
+    Weather is keyed by origin and departure hour, delay stats by carrier/route and departure day
+    (UTC); the plain origin/carrier/route columns ride along for slicing and checks.
+    """
     sched = _us(flights["sched_dep"])
     tail = flights["tailnum"].astype("object")
+    origin = flights["origin"].astype(str)
+    carrier = flights["carrier"].astype(str)
+    route = origin + "-" + flights["dest"].astype(str)
     return pd.DataFrame({
         "flight_id": flights["flight_id"].astype(str).to_numpy(),
-        "origin": flights["origin"].astype(str).to_numpy(),
+        "origin": origin.to_numpy(),
+        "carrier": carrier.to_numpy(),
+        "route": route.to_numpy(),
+        "origin_hour": hour_key(origin, sched).to_numpy(),
         "tailnum": tail.where(tail.notna(), MISSING_TAILNUM).astype(str).to_numpy(),
-        "carrier": flights["carrier"].astype(str).to_numpy(),
-        "route": (flights["origin"].astype(str) + "-" + flights["dest"].astype(str)).to_numpy(),
+        "carrier_day": day_key(carrier, sched).to_numpy(),
+        "route_day": day_key(route, sched).to_numpy(),
         "event_timestamp": sched.to_numpy(),
         "sched_dep_epoch": (sched.astype("int64") // 1_000_000).to_numpy(),
         "distance": flights["distance"].astype("float64").to_numpy(),

@@ -17,13 +17,16 @@ passed everything else. Each quarantined row gets exactly one reason: the first 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
+import pandera.pandas as pdr
+import pyarrow as pa
+import pyarrow.compute as pc
 from pandera.errors import SchemaErrors
 
 from retrain import data
@@ -42,6 +45,7 @@ DELAY_RANGE = (-120.0, 2000.0)
 FLIGHT_RANGE = (1, 9999)
 TAILNUM_PATTERN = r"[A-Z0-9]{1,8}"
 MAX_SAFE_INT = 2**53
+STRING_DTYPE = pd.StringDtype("pyarrow")
 # Columns added to a quarantine frame next to the received ones.
 QUARANTINE_META: tuple[str, ...] = ("row_number", "flight_id", "field", "rule", "reason")
 
@@ -160,13 +164,13 @@ class Coerced:
 
 def _blank(raw: pd.Series) -> np.ndarray:
     """Missing cells: NA/None/NaN, and empty or whitespace-only strings (CSV semantics)."""
-    null = raw.isna().to_numpy()
+    null = raw.isna().to_numpy().copy()
     if raw.dtype == object or isinstance(raw.dtype, pd.StringDtype):
-        as_str = raw.astype(object)
-        is_str = _is_str(as_str)
+        is_str = _is_str(raw)
         if is_str.any():
-            stripped = as_str[is_str].astype(str).str.strip()
-            null[np.flatnonzero(is_str)[stripped.to_numpy() == ""]] = True
+            texts = pa.array(raw.to_numpy(dtype=object)[is_str], type=pa.string())
+            empty = pc.equal(pc.utf8_trim_whitespace(texts), "").to_numpy(zero_copy_only=False)
+            null[np.flatnonzero(is_str)[empty]] = True
     return null
 
 
@@ -180,6 +184,13 @@ def _is_str(raw: pd.Series) -> np.ndarray:
     return np.fromiter((isinstance(v, str) for v in raw.to_numpy()), dtype=bool, count=len(raw))
 
 
+def none_where(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """An object copy of `values` with None where `keep` is False."""
+    out = values.astype(object)  # always a copy
+    out[~np.asarray(keep, dtype=bool)] = None
+    return out
+
+
 def _coerce_number(raw: pd.Series, integer: bool) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     null = _blank(raw)
     if pd.api.types.is_bool_dtype(raw.dtype):
@@ -189,29 +200,27 @@ def _coerce_number(raw: pd.Series, integer: bool) -> tuple[pd.Series, np.ndarray
         if pd.api.types.is_numeric_dtype(raw.dtype):
             values = raw.to_numpy(dtype="float64", na_value=np.nan)
         else:
-            obj = raw.astype(object)
-            is_bool = np.fromiter((isinstance(v, bool | np.bool_) for v in obj.to_numpy()), bool, len(obj))
-            values = pd.to_numeric(obj.where(~is_bool, None).where(~null, None), errors="coerce").to_numpy(
-                dtype="float64", na_value=np.nan
-            )
-            values[is_bool] = np.nan
+            obj = raw.to_numpy(dtype=object)
+            is_bool = np.fromiter((isinstance(v, bool | np.bool_) for v in obj), bool, len(obj))
+            keep = pd.Series(none_where(obj, ~(is_bool | null)), dtype=object)
+            values = pd.to_numeric(keep, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
         bad = ~null & ~np.isfinite(values)
         if integer:
             with np.errstate(invalid="ignore"):
                 bad |= ~null & np.isfinite(values) & ((np.mod(values, 1) != 0) | (np.abs(values) >= MAX_SAFE_INT))
-    values = values.copy()
-    values[null | bad] = np.nan
-    series = pd.Series(values, index=raw.index)
+    missing = null | bad
     if integer:
-        series = series.astype("Int64")
-    return series, null, bad
+        ints = np.where(missing, 0, values).astype("int64")
+        return pd.Series(pd.arrays.IntegerArray(ints, missing), index=raw.index), null, bad
+    values = np.where(missing, np.nan, values)
+    return pd.Series(values, index=raw.index), null, bad
 
 
 def _coerce_string(raw: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     null = _blank(raw)
     is_str = _is_str(raw)
     bad = ~null & ~is_str
-    out = raw.astype(object).where(is_str & ~null, None).astype("string")
+    out = pd.Series(none_where(raw.to_numpy(dtype=object), is_str & ~null), index=raw.index).astype(STRING_DTYPE)
     return out, null, bad
 
 
@@ -225,7 +234,7 @@ def _coerce_timestamp(raw: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray
         bad = np.zeros(len(raw), dtype=bool)
     else:
         is_str = _is_str(raw)
-        text = raw.astype(object).where(is_str & ~null, None)
+        text = pd.Series(none_where(raw.to_numpy(dtype=object), is_str & ~null), index=raw.index)
         out = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
         bad = ~null & out.isna().to_numpy()
     out = out.astype("datetime64[ns, UTC]").where(~(null | bad))
@@ -285,20 +294,20 @@ def _local_hour_ok(df: pd.DataFrame) -> pd.Series:
     return _na_true(same)
 
 
-def _check(fn: Any, rule: Rule, **kw: Any) -> pa.Check:
+def _check(fn: Any, rule: Rule, **kw: Any) -> pdr.Check:
     # pandera reports a failing check under its `error` when one is set, so only the name is given:
     # the name is the rule key that orders and words the reason.
-    return pa.Check(fn, name=rule.key, description=f"{rule.field}: {rule.text}", **kw)
+    return pdr.Check(fn, name=rule.key, description=f"{rule.field}: {rule.text}", **kw)
 
 
 @lru_cache(maxsize=1)
-def input_schema() -> pa.DataFrameSchema:
+def input_schema() -> pdr.DataFrameSchema:
     """The pandera schema of a coerced flights batch (built lazily: it reads the reference tables)."""
     r = RULES_BY_KEY
     airports = sorted(data.known_airports())
     carriers = sorted(data.known_carriers())
     lo_d, hi_d = DELAY_RANGE
-    value_checks: dict[str, list[pa.Check]] = {
+    value_checks: dict[str, list[pdr.Check]] = {
         "year": [_check(lambda s: s.between(*YEAR_RANGE), r["year:range"])],
         "month": [_check(lambda s: s.between(1, 12), r["month:range"])],
         "day": [_check(lambda s: s.between(1, 31), r["day:range"])],
@@ -325,11 +334,11 @@ def input_schema() -> pa.DataFrameSchema:
         elif col in FLOAT_COLUMNS:
             dtypes[col] = "float64"
         elif col in STRING_COLUMNS:
-            dtypes[col] = "string"
+            dtypes[col] = STRING_DTYPE
         else:
             dtypes[col] = pd.DatetimeTZDtype("ns", "UTC")
     columns = {
-        col: pa.Column(dtypes[col], checks=value_checks.get(col, []), nullable=col in NULLABLE_COLUMNS)
+        col: pdr.Column(dtypes[col], checks=value_checks.get(col, []), nullable=col in NULLABLE_COLUMNS)
         for col in data.FLIGHT_COLUMNS
     }
     wide = [
@@ -339,14 +348,17 @@ def input_schema() -> pa.DataFrameSchema:
         _check(_local_hour_ok, r["time_hour:matches_local_hour"]),
         _check(lambda d: _na_true(d["origin"] != d["dest"]), r["dest:differs_from_origin"]),
     ]
-    return pa.DataFrameSchema(columns, checks=wide, strict=False, ordered=False, coerce=False, name="flights_batch")
+    return pdr.DataFrameSchema(columns, checks=wide, strict=False, ordered=False, coerce=False, name="flights_batch")
 
 
 def _schema_failures(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """Run the pandera schema lazily and turn its failure cases into one row mask per rule."""
     masks: dict[str, np.ndarray] = {}
     try:
-        input_schema().validate(frame, lazy=True)
+        with warnings.catch_warnings():
+            # pandera's failure-case report concatenates all-NA frames (pandas FutureWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            input_schema().validate(frame, lazy=True)
     except SchemaErrors as err:
         cases = err.failure_cases
         cases = cases[cases["index"].notna()]
@@ -413,13 +425,39 @@ def _null_none(values: pd.Series) -> list[Any]:
     return [None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v for v in values]
 
 
+def flight_ids(frame: pd.DataFrame) -> pd.Series:
+    """Same ids as `data.flight_ids`, built in Arrow (about 3x faster on a full year).
+
+    Needs the key columns present (no nulls); a test pins the equality with `data.flight_ids`.
+    """
+
+    def digits(col: str, width: int = 0) -> pa.Array:
+        text = pa.array(frame[col].to_numpy(dtype="int64"), type=pa.int64()).cast(pa.string())
+        return pc.utf8_lpad(text, width, "0") if width else text
+
+    def text(col: str) -> pa.Array:
+        return pa.array(frame[col].to_numpy(dtype=object), type=pa.string())
+
+    join = pc.binary_join_element_wise
+    ids = join(
+        join(digits("year"), digits("month", 2), digits("day", 2), "-"),
+        join(text("carrier"), digits("flight"), ""),
+        text("origin"),
+        digits("sched_dep_time", 4),
+        "_",
+    )
+    return pd.Series(ids.to_numpy(zero_copy_only=False), index=frame.index, dtype=object)
+
+
 def _safe_flight_ids(frame: pd.DataFrame) -> pd.Series:
-    """`data.flight_ids` for rows whose key columns are present; None elsewhere."""
+    """Flight ids for rows whose key columns are present; None elsewhere."""
     keys = list(data.KEY_COLUMNS)
     ok = frame[keys].notna().all(axis=1).to_numpy()
+    if ok.all():
+        return flight_ids(frame)
     ids = pd.Series(None, index=frame.index, dtype=object)
     if ok.any():
-        ids[ok] = data.flight_ids(frame.loc[ok, keys]).to_numpy()
+        ids[ok] = flight_ids(frame.loc[ok, keys]).to_numpy()
     return ids
 
 
@@ -427,7 +465,7 @@ def _safe_flight_ids(frame: pd.DataFrame) -> pd.Series:
 
 
 def validate(
-    df: pd.DataFrame, *, landed: pd.Series | None = None
+    df: pd.DataFrame, *, landed: pd.Series | None = None, coerced: Coerced | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a batch into valid rows and quarantined rows (pure: no I/O).
 
@@ -435,12 +473,12 @@ def validate(
     quarantined as duplicates. Returns `(valid, quarantine)`: `valid` has the contract columns in
     canonical dtypes plus `row_number` (0-based position in `df`) and `flight_id`; `quarantine` has
     `row_number`, `flight_id`, `field`, `rule`, `reason` and the received columns as received.
-    Raises `BatchRejected` when `df` is not a flights table.
+    Raises `BatchRejected` when `df` is not a flights table. `coerced` reuses `coerce(df)`.
     """
     check_columns(df)
     raw = df.reset_index(drop=True)
     n = len(raw)
-    co = coerce(raw)
+    co = coerced if coerced is not None else coerce(raw)
     frame = co.frame
     failures: dict[str, np.ndarray] = {}
     for col in data.FLIGHT_COLUMNS:
@@ -455,9 +493,8 @@ def validate(
 
     first = np.full(n, -1, dtype=np.int64)
     for i, rule in enumerate(RULES):
-        mask = failures.get(rule.key)
-        if mask is not None:
-            first[mask & (first < 0)] = i
+        if rule.key in failures:
+            first[failures[rule.key] & (first < 0)] = i
 
     ids = _safe_flight_ids(frame)
     dup_text = np.full(n, None, dtype=object)
@@ -493,7 +530,10 @@ def validate(
             reasons[rows] = dup_text[rows]
             continue
         got = _got_texts(rule.key, rows, raw, frame)
-        reasons[rows] = [f"{rule.field}: {rule.text} (got {g})" for g in got]
+        # a plain blank needs no "(got null)"; a whitespace-only string is quoted so it can be seen
+        reasons[rows] = [
+            f"{rule.field}: {rule.text}" if g == "null" else f"{rule.field}: {rule.text} (got {g})" for g in got
+        ]
 
     bad_rows = np.flatnonzero(first >= 0)
     quarantine = raw.iloc[bad_rows].copy()
@@ -513,7 +553,7 @@ def validate(
     good = np.flatnonzero(first < 0)
     valid = frame.iloc[good].copy()
     valid["row_number"] = good.astype("int64")
-    valid["flight_id"] = ids.iloc[good].astype("string")
+    valid["flight_id"] = ids.iloc[good].astype(STRING_DTYPE)
     return valid.reset_index(drop=True), quarantine
 
 
@@ -526,7 +566,7 @@ def _raw_name(name: object) -> str:
 # --------------------------------------------------------------------------- content hash
 
 
-def content_hash(df: pd.DataFrame) -> str:
+def content_hash(df: pd.DataFrame, *, coerced: Coerced | None = None) -> str:
     """sha256 of the received contract columns, independent of column order, row order and dtype.
 
     Cells are hashed by value after coercion (so `517`, `517.0` and `"517"` agree, and a CSV and a
@@ -535,7 +575,7 @@ def content_hash(df: pd.DataFrame) -> str:
     """
     check_columns(df)
     raw = df.reset_index(drop=True)
-    co = coerce(raw)
+    co = coerced if coerced is not None else coerce(raw)
     n = len(raw)
     acc = np.zeros(n, dtype=np.uint64)
     with np.errstate(over="ignore"):

