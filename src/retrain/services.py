@@ -85,7 +85,7 @@ def prefect_worker_spec(settings: Settings) -> ServiceSpec:
 def bento_spec(settings: Settings) -> ServiceSpec:
     return ServiceSpec(
         name="bentoml",
-        argv=[bin_path("bentoml"), "serve", "bentos.flight_delay.service:FlightDelayService",
+        argv=[bin_path("bentoml"), "serve", "bentos.flight_delay.service:FlightDelay",
               "--host", settings.serve_host, "--port", str(settings.serve_port)],
         health_url=f"http://{settings.serve_host}:{settings.serve_port}/readyz",
     )

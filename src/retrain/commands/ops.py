@@ -9,7 +9,8 @@ console = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Attach the lifecycle commands."""
+    """Attach the lifecycle commands and the demo."""
+    register_demo(app)
 
     @app.command("up")
     def up_cmd(
@@ -47,3 +48,73 @@ def register(app: typer.Typer) -> None:
         for name in ("bentoml", "prefect-worker", "prefect-server"):
             stopped = services.stop(settings, name)
             console.print(f"{name:15} {'stopped' if stopped else 'was not running'}")
+
+
+def register_demo(app: typer.Typer) -> None:
+    """Attach `retrain demo`."""
+
+    @app.command("demo")
+    def demo_cmd(
+        quick: bool = typer.Option(False, "--quick", help="Replay March–April only (a quick look)."),
+        until: str | None = typer.Option(None, "--until", help="Replay up to this date (default 2014-01-01)."),
+        fresh: bool = typer.Option(False, "--fresh/--resume",
+                                   help="Start clean (stop servers, delete RETRAIN_HOME) or resume where it stopped."),
+        exit_after: bool = typer.Option(False, "--exit", help="Stop the servers and exit at the end."),
+    ) -> None:
+        """The whole loop on the 2013 flights: servers, first champion, replay, alerts, retrains, report."""
+        import dataclasses
+        import signal
+        import time
+
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.table import Table
+
+        from retrain import demo, services
+        from retrain.config import get_settings
+
+        settings = get_settings()
+        if fresh:
+            demo.reset(settings)
+        plan = demo.DemoPlan.quick() if quick else demo.DemoPlan()
+        if until:
+            plan = dataclasses.replace(plan, replay_to=until)
+        state = demo.DemoState.load(settings)
+        t0 = time.perf_counter()
+        say = console.print
+        try:
+            demo.setup(settings, plan, state, say)
+            demo.start_service(settings, say)
+            with Progress(TextColumn("[bold]replay"), BarColumn(), TextColumn("{task.completed}/{task.total} days"),
+                          TimeElapsedColumn(), TextColumn("{task.description}"), console=console) as bar:
+                task = bar.add_task("", total=1)
+
+                def progress(done: int, total: int, text: str) -> None:
+                    bar.update(task, completed=done, total=total, description=text)
+
+                demo.replay(settings, plan, state, lambda m: bar.console.print(m), progress)
+            state.seconds["total_this_run"] = round(time.perf_counter() - t0, 1)
+            state.save(settings)
+            table = demo.monthly_table(settings, state.first_version or "")
+            out = Table(title="2013 replay: served model vs the never-retrained Jan–Feb model")
+            for col in ("month", "flights", "late rate", "AUC served", "AUC never retrained", "alerts", "retrains",
+                        "promotions", "versions"):
+                out.add_column(col)
+            for row in table.itertuples():
+                out.add_row(str(row.month), f"{row.flights:,}", f"{row.late_rate:.1%}", f"{row.auc_served:.4f}",
+                            f"{row.auc_never_retrained:.4f}", str(row.alerts), str(row.retrains),
+                            str(row.promotions), str(row.versions))
+            console.print(out)
+            report = demo.write_report(settings, table, state)
+            console.print(f"report: {report}")
+            console.print(f"timings (s): {state.seconds}")
+            console.print(f"Prefect UI: http://127.0.0.1:{settings.prefect_port}   "
+                          f"service docs: http://{settings.serve_host}:{settings.serve_port}/")
+            if exit_after:
+                return
+            console.print("servers stay up; Ctrl-C stops them")
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        except KeyboardInterrupt:
+            console.print("interrupted; `retrain demo` resumes from the last finished day (--fresh starts clean)")
+        finally:
+            for name in ("bentoml", "prefect-worker", "prefect-server"):
+                services.stop(settings, name)

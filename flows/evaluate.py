@@ -1,0 +1,42 @@
+"""Evaluate flow: challenger vs champion on a fresh labelled window; decide, record, promote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from sqlalchemy.exc import OperationalError
+
+from retrain.config import get_settings
+from retrain.evaluate import evaluate_version
+from retrain.registry import open_registry
+from retrain.train import feast_frame_provider
+
+
+def retry_if_transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry a database or network hiccup; never a refusal or a failed build (they fail the same way)."""
+    return isinstance(getattr(state, "data", None), OperationalError | ConnectionError | TimeoutError)
+
+
+@task(retries=1, retry_delay_seconds=10, retry_condition_fn=retry_if_transient)
+def evaluate_task(version: str, window_from: str | None, window_to: str | None, promote: bool,
+                  build_bento: bool, feature_migration: str | None, actor: str) -> dict[str, Any]:
+    """Runs the evaluator; its artifacts (markdown + table) are published from inside this task run."""
+    settings = get_settings()
+    outcome = evaluate_version(settings, open_registry(settings), version, feast_frame_provider(settings),
+                               window_from=window_from, window_to=window_to, act=promote,
+                               build_bento=build_bento, actor=actor, feature_migration=feature_migration)
+    return outcome.to_dict()
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(version: str, window_from: str | None = None, window_to: str | None = None,
+                  promote: bool = True, build_bento: bool = True, feature_migration: str | None = None,
+                  actor: str = "flow:evaluate") -> dict[str, Any]:
+    """Evaluate `version` (default window: one month from the end of its training window)."""
+    result = evaluate_task(version, window_from, window_to, promote, build_bento, feature_migration, actor)
+    print(f"evaluation {result['evaluation_id']}: {result['decision']} {result['version']} vs "
+          f"{result['champion'] or 'no champion'}; report {result['report']}")
+    for gate in result["gates"]:
+        print(f"  {gate['name']:13} {'pass' if gate['passed'] else 'FAIL'}  {gate['detail']}")
+    return result
