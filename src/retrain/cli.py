@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retrain.commands.features",
     "retrain.commands.models",
     "retrain.commands.ops",
+    "retrain.commands.alerts",
 )
 
 
@@ -34,4 +35,8 @@ def build_app() -> typer.Typer:
 
 def main() -> None:
     """Console entry point."""
+    import warnings
+
+    # Third-party deprecation chatter (ibis under Feast's DuckDB store) is not for a CLI user.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     build_app()()

@@ -15,7 +15,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -224,23 +225,46 @@ def replay(settings: Settings, plan: DemoPlan, state: DemoState, say: Say,
     t_replay = time.perf_counter()
     with httpx.Client(base_url=base, timeout=120) as client:
         while day < end:
-            clock.set_now(settings, day)
-            replay_until(settings, sessions, day, clock=replay_clock)
-            refresh_feature_tables(settings, day + timedelta(days=1))
-            materialize_until(store, settings, day + timedelta(days=1))
-            flights = replay_clock.flights_between(day, day + timedelta(days=1))
-            versions = predict_day(client, settings, flights, plan.batch_size)
             nxt = day + timedelta(days=1)
+            clock.set_now(settings, day)
+            with timed(state, "ingest"):
+                replay_until(settings, sessions, day, clock=replay_clock)
+            with timed(state, "features"):
+                refresh_feature_tables(settings, nxt)
+            with timed(state, "materialize"), quiet():
+                materialize_until(store, settings, nxt)
+            with timed(state, "predict"):
+                flights = replay_clock.flights_between(day, nxt)
+                versions = predict_day(client, settings, flights, plan.batch_size)
             if (nxt - last_monitor).days >= plan.monitor_every_days:
                 clock.set_now(settings, nxt)
-                replay_until(settings, sessions, nxt, clock=replay_clock)  # outcomes matured by then
-                monitor_and_retrain(settings, state, nxt, say)
+                with timed(state, "ingest"):
+                    replay_until(settings, sessions, nxt, clock=replay_clock)  # outcomes matured by then
+                with timed(state, "monitor_and_retrain"):
+                    monitor_and_retrain(settings, state, nxt, say)
                 last_monitor = nxt
             day = nxt
             state.day = day.date().isoformat()
             state.seconds["replay"] = round(time.perf_counter() - t_replay, 1)
             state.save(settings)
             progress((day - first).days, total, f"{day.date()} served by {', '.join(sorted(versions)) or '-'}")
+
+
+@contextmanager
+def timed(state: DemoState, key: str) -> Iterator[None]:
+    """Accumulate the seconds of one kind of step in the demo state (the timing table)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        state.seconds[f"step_{key}"] = round(state.seconds.get(f"step_{key}", 0.0) + time.perf_counter() - t0, 2)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Feast prints a progress line per view and day; the demo shows its own progress instead."""
+    with open(os.devnull, "w") as sink, redirect_stdout(sink):
+        yield
 
 
 def monitor_and_retrain(settings: Settings, state: DemoState, now: datetime, say: Say) -> None:

@@ -91,14 +91,22 @@ def _us(series: pd.Series) -> pd.Series:
     return pd.to_datetime(series, utc=True).dt.floor("us").astype("datetime64[us, UTC]")
 
 
+def _bucket_text(when: pd.Series, freq: str, fmt: str) -> pd.Series:
+    """Format timestamps floored to `freq`; formats each distinct bucket once (strftime is slow)."""
+    buckets = pd.to_datetime(when, utc=True).dt.floor(freq)
+    codes, uniques = pd.factorize(buckets)
+    text = pd.DatetimeIndex(uniques).strftime(fmt).to_numpy(dtype=object)
+    return pd.Series(text[codes], index=when.index)
+
+
 def hour_key(prefix: pd.Series, when: pd.Series) -> pd.Series:
     """Bucketed join key `<prefix>|YYYY-MM-DDTHH` (UTC hour)."""
-    return prefix.astype(str) + "|" + pd.to_datetime(when, utc=True).dt.strftime("%Y-%m-%dT%H")
+    return prefix.astype(str) + "|" + _bucket_text(when, "h", "%Y-%m-%dT%H")
 
 
 def day_key(prefix: pd.Series, when: pd.Series) -> pd.Series:
     """Bucketed join key `<prefix>|YYYY-MM-DD` (UTC day)."""
-    return prefix.astype(str) + "|" + pd.to_datetime(when, utc=True).dt.strftime("%Y-%m-%d")
+    return prefix.astype(str) + "|" + _bucket_text(when, "D", "%Y-%m-%d")
 
 
 def weather_table(horizon: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
