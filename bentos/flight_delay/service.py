@@ -1,48 +1,83 @@
-"""Minimal flight-delay service: the pinned model scores raw feature rows.
+"""The flight-delay BentoML service: a thin shell over `retrain.serving.ServingRuntime`.
 
-The model tag is a bento argument (`bentoml build --arg model_tag=flight_delay:<version>`), so a
-built bento always serves the model it was built for. The serving issue grows this service
-(online features, champion following, prediction log); keep this one small.
+Run from the repo root (offline):  `bentoml serve bentos.flight_delay.service:FlightDelay`
+with `RETRAIN_HOME`, `BENTOML_HOME=$RETRAIN_HOME/bentoml` and `BENTOML_DO_NOT_TRACK=True` set
+(`retrain.serving.serve_env` builds that environment). Without arguments every worker follows the
+registry's `champion` alias. A bento built at promotion is pinned to its model:
+`bentoml build -f bentos/flight_delay/bentofile.yaml --arg model_tag=flight_delay:<version> .`
+serves that model (add `--arg follow=true` to still follow the registry from it).
+
+Endpoints: `POST /predict`, `GET /model`, `/livez` `/readyz` `/healthz`, `/metrics`, docs at `/`
+and `/docs.json`. With `RETRAIN_API_KEY` set, all but the health probes need the key.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+import logging
+from pathlib import Path
 
 import bentoml
-import pandas as pd
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import ServiceUnavailable
+from fastapi import FastAPI
 from pydantic import BaseModel
+
+from retrain.config import get_settings
+from retrain.serving import ApiKeyMiddleware, NotReadyError, PinnedModel, ServingRuntime
+from retrain.serving_schema import FlightIn, ModelInfo, PredictRequest, PredictResponse
 
 
 class BuildArgs(BaseModel):
-    model_tag: str
+    model_tag: str | None = None  # pin the served model (set by `bentoml build --arg model_tag=...`)
+    follow: bool | None = None  # follow the registry's champion; default: only when not pinned
 
 
 args = bentoml.use_arguments(BuildArgs)
+extra_routes = FastAPI(title="flight_delay extras", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-@bentoml.service(name="flight_delay", traffic={"timeout": 30})
+@bentoml.asgi_app(extra_routes, path="/")
+@bentoml.service(name="flight_delay", workers=get_settings().serve_workers, traffic={"timeout": 30})
 class FlightDelay:
-    """Scores feature rows with the pinned LightGBM booster."""
+    """Probability that a flight arrives more than 15 minutes late, from online features."""
 
-    model = bentoml.models.BentoModel(args.model_tag)
+    pinned_model = bentoml.models.BentoModel(args.model_tag) if args.model_tag else None
 
     def __init__(self) -> None:
-        self.booster = bentoml.lightgbm.load_model(self.model)
-        self.features: list[str] = list(self.booster.feature_name())
+        from retrain.modelstore import MODEL_FILENAME
 
-    @bentoml.api
-    def predict(self, rows: list[dict[str, float | None]]) -> dict[str, Any]:
-        """Late-arrival probability per row; missing features are NaN, unknown ones refused."""
-        if not rows:
-            raise InvalidArgument("rows: send at least one feature row")
-        for i, row in enumerate(rows):
-            unknown = sorted(set(row) - set(self.features))
-            if unknown:
-                raise InvalidArgument(f"rows[{i}]: unknown feature(s) {', '.join(unknown)}")
-        frame = pd.DataFrame([{f: (math.nan if r.get(f) is None else r[f]) for f in self.features} for r in rows],
-                             columns=self.features, dtype="float64")
-        scores = self.booster.predict(frame)
-        return {"model_tag": str(self.model.tag), "scores": [float(s) for s in scores]}
+        logging.getLogger("retrain").setLevel(logging.INFO)  # swaps, spills, replays reach the server log
+
+        pinned = None
+        stored = self.pinned_model  # resolved from the (bento's) model store
+        if stored is not None:
+            pinned = PinnedModel(tag=str(stored.tag), path=Path(stored.path_of(MODEL_FILENAME)))
+        follow = args.follow if args.follow is not None else pinned is None
+        self.runtime = ServingRuntime(get_settings(), pinned=pinned, follow=follow)
+
+    @bentoml.on_startup
+    async def start(self) -> None:
+        await self.runtime.start()
+
+    @bentoml.on_shutdown
+    async def stop(self) -> None:
+        await self.runtime.stop()
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    @bentoml.api(route="/predict", input_spec=PredictRequest)
+    async def predict(self, flights: list[FlightIn]) -> PredictResponse:
+        """Score flights: online features through flight_delay_v1, the champion model, a logged answer."""
+        try:
+            return await self.runtime.predict(flights)
+        except NotReadyError as exc:
+            raise ServiceUnavailable(str(exc)) from exc
+
+    @extra_routes.get("/model", response_model=ModelInfo)
+    def model(self) -> ModelInfo:
+        """The champion (and shadow challenger) this worker serves, and the registry's view."""
+        return self.runtime.model_info()
+
+
+FlightDelay.add_asgi_middleware(ApiKeyMiddleware)  # type: ignore[attr-defined]
+FlightDelayService = FlightDelay  # the name retrain.services.bento_spec starts

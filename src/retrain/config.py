@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # --- serving internals (src/retrain/serving.py, follow.py, predlog.py) ----------------------
     serve_workers: int = Field(default=1, ge=1, description="BentoML worker processes; each follows the champion.")
     serve_swap_retry_seconds: float = Field(default=30.0, gt=0, description="Retry a model that failed to load.")
-    serve_log_flush_seconds: float = Field(default=0.5, gt=0, description="Prediction-log flush interval.")
+    serve_log_flush_seconds: float = Field(default=0.25, gt=0, description="Prediction-log flush interval.")
     serve_log_retry_seconds: float = Field(
         default=2.0, gt=0, description="After a failed database write, spill without retrying for this long."
     )
