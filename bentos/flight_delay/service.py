@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from retrain.config import get_settings
+from retrain.intake import IntakeUnavailable, alertmanager_intake
 from retrain.serving import ApiKeyMiddleware, NotReadyError, PinnedModel, ServingRuntime
 from retrain.serving_schema import FlightIn, ModelInfo, PredictRequest, PredictResponse
 
@@ -72,6 +74,16 @@ class FlightDelay:
             return await self.runtime.predict(flights)
         except NotReadyError as exc:
             raise ServiceUnavailable(str(exc)) from exc
+
+    @extra_routes.post("/alerts/alertmanager")
+    def alertmanager(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Prometheus Alertmanager webhook: firing alerts become `retrain.alert.*` Prefect events."""
+        try:
+            return alertmanager_intake(self.runtime.settings, self.runtime.sessions, body)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        except IntakeUnavailable as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
 
     @extra_routes.get("/model", response_model=ModelInfo)
     def model(self) -> ModelInfo:

@@ -8,7 +8,9 @@ they are recorded in the alerts table directly.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,3 +45,23 @@ def submit(settings: Settings, sessions: sessionmaker[Session], payloads: list[e
     if batch:
         events.post_events_http(api_url, batch)  # type: ignore[arg-type]
     return IntakeResult([str(e["id"]) for e in batch], recorded)
+
+
+class IntakeUnavailable(RuntimeError):
+    """No Prefect API to send events to."""
+
+
+def alertmanager_intake(settings: Settings, sessions: sessionmaker[Session] | None,
+                        body: dict[str, Any], api_url: str | None = None) -> dict[str, Any]:
+    """Turn an Alertmanager webhook body into events (firing) and ledger rows (resolved).
+
+    Raises ValueError naming the offending field for a malformed body, IntakeUnavailable when no
+    Prefect API is configured (the alert would otherwise be lost).
+    """
+    payloads = events.from_alertmanager(body)
+    url = api_url or os.environ.get("PREFECT_API_URL")
+    if not url:
+        raise IntakeUnavailable("PREFECT_API_URL is not set: cannot forward alerts to Prefect")
+    if sessions is None:
+        raise IntakeUnavailable("no database session: cannot record alerts")
+    return {"received": len(payloads), **submit(settings, sessions, payloads, url).as_json()}
