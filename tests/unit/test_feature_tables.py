@@ -266,5 +266,17 @@ def test_weather_table_stops_at_the_last_departure(january_home: tuple[Settings,
     # weather observed after the horizon exists in the source data, and none of it leaked in
     source = load_weather()
     assert (source["time_hour"] > horizon).sum() > 1000
-    kept = source[source["time_hour"] <= horizon].drop_duplicates(["origin", "time_hour"])
-    assert len(weather) == len(kept)
+    kept = source[source["time_hour"] <= horizon].drop_duplicates(["origin", "time_hour"], keep="last")
+    # every observation is in the table, with its own values ...
+    merged = kept.merge(weather, left_on=["origin", "time_hour"], right_on=["origin", "event_timestamp"],
+                        suffixes=("_src", ""))
+    assert len(merged) == len(kept)
+    assert np.allclose(merged["temp"], merged["temp_src"], equal_nan=True)
+    # ... and the only other rows fill hourly gaps, carrying the last observation <= 2 hours forward
+    extra = weather.merge(kept[["origin", "time_hour"]], left_on=["origin", "event_timestamp"],
+                          right_on=["origin", "time_hour"], how="left", indicator=True)
+    filled = extra[extra["_merge"] == "left_only"]
+    assert len(weather) == len(kept) + len(filled)
+    for row in filled.itertuples():
+        prior = kept[(kept["origin"] == row.origin) & (kept["time_hour"] < row.event_timestamp)]["time_hour"].max()
+        assert row.event_timestamp - prior <= pd.Timedelta(hours=F.WEATHER_CARRY_HOURS)
