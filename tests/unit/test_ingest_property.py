@@ -147,9 +147,12 @@ def build_example(seed: int, rate: float, shuffle_cols: bool, shuffle_rows: bool
     corrupted = 0
     records = cast(list[dict[str, Any]], clean.to_dict("records"))
     pre_records = cast(list[dict[str, Any]], prelanded.to_dict("records"))
+    # exactly max(MIN, rate * N) corrupted rows (a per-row coin flip can fall short of the floor)
+    n_corrupt = max(MIN_CORRUPTED_PER_EXAMPLE, round(rate * N_ROWS))
+    to_corrupt = set(rng.choice(N_ROWS, size=n_corrupt, replace=False).tolist())
     for i, original in enumerate(records):
         row, key, fate = dict(original), clean_ids[i], Fate()
-        if rng.random() < rate:
+        if i in to_corrupt:
             corrupted += 1
             roll = rng.random()
             if roll < 0.08 and i > 0:  # an exact copy of an earlier row of this batch
