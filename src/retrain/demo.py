@@ -50,6 +50,23 @@ class DemoPlan:
         return cls(replay_to="2013-05-01")
 
 
+# The demo's retraining policy (each overridable by the same RETRAIN_* variable): weekly monitoring
+# raises drift alerts almost every week as the seasons turn, so one retrain per champion per four
+# simulated weeks and three weeks of cooldown after a promotion keep the year within budget.
+DEMO_POLICY: dict[str, str] = {
+    "RETRAIN_MONITOR_DEDUPE_POLICY": "champion_period",
+    "RETRAIN_MONITOR_DEDUPE_PERIOD_HOURS": str(28 * 24),
+    "RETRAIN_RETRAIN_COOLDOWN_HOURS": str(21 * 24),
+}
+
+
+def apply_demo_policy() -> dict[str, str]:
+    """Set the demo policy in the environment (before settings are read; worker processes inherit it)."""
+    for key, value in DEMO_POLICY.items():
+        os.environ.setdefault(key, value)
+    return {k: os.environ[k] for k in DEMO_POLICY}
+
+
 @dataclass
 class DemoState:
     """Where a demo got to, so a re-run can resume (kept in RETRAIN_HOME/demo_state.json)."""

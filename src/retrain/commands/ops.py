@@ -72,9 +72,12 @@ def register_demo(app: typer.Typer) -> None:
         from retrain import demo, services
         from retrain.config import get_settings
 
+        policy = demo.apply_demo_policy()
+        get_settings.cache_clear()
         settings = get_settings()
         if fresh:
             demo.reset(settings)
+        console.print(f"demo retraining policy: {policy}")
         plan = demo.DemoPlan.quick() if quick else demo.DemoPlan()
         if until:
             plan = dataclasses.replace(plan, replay_to=until)
