@@ -11,7 +11,7 @@ from prefect.artifacts import create_table_artifact
 from retrain import clock
 from retrain.config import get_settings
 from retrain.data import to_utc
-from retrain.events import alert_event_name, emit, model_resource
+from retrain.events import AlertPayload, alert_event_name, blocked_by, emit, model_resource, record_alert
 from retrain.monitor import monitoring_history, plot_history, run_monitoring
 from retrain.registry import open_registry
 
@@ -29,13 +29,26 @@ def monitor_task(model_name: str, as_of: str | None, window_days: float | None) 
 
 
 @task
-def emit_alerts(model_name: str, alerts: list[dict[str, Any]]) -> int:
-    """Each firing rule becomes a `retrain.alert.<kind>` event on `retrain.model.<name>`."""
+def emit_alerts(model_name: str, alerts: list[dict[str, Any]], as_of: str) -> dict[str, int]:
+    """Each firing rule becomes a `retrain.alert.<kind>` event on `retrain.model.<name>`.
+
+    An alert the ledger would skip (same dedupe key already run, cooldown after a promotion) is
+    recorded with that reason here instead, without spending a retrain flow run on it.
+    """
     settings = get_settings()
-    sent = 0
-    for payload in alerts:
-        sent += emit(alert_event_name(payload["kind"]), model_resource(model_name), payload, settings)
-    return sent
+    sessions = open_registry(settings)
+    now = to_utc(as_of).to_pydatetime()
+    counts = {"sent": 0, "skipped": 0}
+    for raw in alerts:
+        payload = AlertPayload.model_validate(raw)
+        blocked = blocked_by(sessions, settings, payload, now, model_name=model_name)
+        if blocked is not None:
+            record_alert(sessions, payload, model_name=model_name, outcome=blocked[0],
+                         detail=f"{blocked[1]} (seen by the monitor; no event sent)", received_at=now)
+            counts["skipped"] += 1
+            continue
+        counts["sent"] += emit(alert_event_name(payload.kind), model_resource(model_name), raw, settings)
+    return counts
 
 
 @task
@@ -58,7 +71,9 @@ def monitor_flow(model_name: str = "flight_delay", as_of: str | None = None,
     """Monitor the champion over the last `window_days` up to `as_of` (default: the retrain clock)."""
     result = monitor_task(model_name, as_of, window_days)
     publish(model_name, result)
-    sent = emit_alerts(model_name, result["alerts"])
+    sent = emit_alerts(model_name, result["alerts"], result["window_to"])
+    result["events"] = sent
     print(f"monitoring {result['window_from']} .. {result['window_to']}: {result['n_predictions']} predictions, "
-          f"{result['n_labelled']} labelled; {len(result['alerts'])} alerts, {sent} events sent")
+          f"{result['n_labelled']} labelled; {len(result['alerts'])} alerts, {sent['sent']} events sent, "
+          f"{sent['skipped']} skipped by the ledger")
     return result

@@ -296,7 +296,7 @@ def monitor_and_retrain(settings: Settings, state: DemoState, now: datetime, say
 
     started = datetime.now(UTC) - timedelta(seconds=2)
     result = monitor_flow(model_name=settings.model_name, as_of=now.isoformat())
-    if result["alerts"]:
+    if result["events"]["sent"]:
         kinds = ", ".join(a["kind"] for a in result["alerts"])
         say(f"{now.date()}: monitoring raised {kinds}; waiting for the retrain run(s)")
         time.sleep(3.0)  # the trigger reacts to the event within a second or two

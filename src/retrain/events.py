@@ -368,6 +368,36 @@ def _admitted(session: Session, model_name: str, key: str) -> Alert | None:
     return session.scalars(stmt.limit(1)).first()
 
 
+def blocked_by(
+    sessions: sessionmaker[Session], settings: Settings, payload: AlertPayload, now: datetime, *,
+    model_name: str | None = None,
+) -> tuple[LedgerOutcome, str] | None:
+    """Why the ledger would not run this alert now (resolved, deduplicated, cooldown), or None.
+
+    Read-only: `admit` acts on it, and the monitor asks it before emitting, so an alert the ledger
+    would skip is recorded with its reason without spending a flow run on it.
+    """
+    now = _aware_utc(now) or datetime.now(UTC)
+    model = model_name or payload.model or settings.model_name
+    key = _fit_key(payload.effective_dedupe_key(model, now, settings))
+    if payload.status == "resolved":
+        return "resolved", "resolved alert: recorded, never starts a retrain"
+    with sessions() as session:
+        prior = _admitted(session, model, key)
+        promoted_at = _latest_promotion(session, model)
+    if prior is not None:
+        return "deduplicated", (f"dedupe key {key!r} already admitted (alert {prior.id}, "
+                                f"flow run {prior.flow_run_id or '-'})")
+    cooldown = timedelta(hours=settings.retrain_cooldown_hours)
+    if promoted_at is not None and now - promoted_at < cooldown:
+        until = promoted_at + cooldown
+        clocks = (f" (later than now={now.isoformat()}: are promotions and alerts stamped by different "
+                  "clocks, e.g. wall time vs a replay clock?)") if promoted_at > now else ""
+        return "cooldown", (f"cooldown: last promotion at {promoted_at.isoformat()}{clocks}, "
+                            f"retraining allowed from {until.isoformat()}")
+    return None
+
+
 def admit(
     sessions: sessionmaker[Session],
     settings: Settings,
@@ -395,21 +425,9 @@ def admit(
                            detail=detail, flow_run_id=flow_run_id, received_at=now)
         return LedgerDecision(False, outcome, detail, row.id, key)
 
-    if payload.status == "resolved":
-        return skip("resolved", "resolved alert: recorded, never starts a retrain")
-    with sessions() as session:
-        prior = _admitted(session, model, key)
-        promoted_at = _latest_promotion(session, model)
-    if prior is not None:
-        return skip("deduplicated", f"dedupe key {key!r} already admitted (alert {prior.id}, "
-                                    f"flow run {prior.flow_run_id or '-'})")
-    cooldown = timedelta(hours=settings.retrain_cooldown_hours)
-    if promoted_at is not None and now - promoted_at < cooldown:
-        until = promoted_at + cooldown
-        clocks = (f" (later than now={now.isoformat()}: are promotions and alerts stamped by different "
-                  "clocks, e.g. wall time vs a replay clock?)") if promoted_at > now else ""
-        return skip("cooldown", f"cooldown: last promotion at {promoted_at.isoformat()}{clocks}, "
-                                f"retraining allowed from {until.isoformat()}")
+    blocked = blocked_by(sessions, settings, payload, now, model_name=model)
+    if blocked is not None:
+        return skip(*blocked)
     detail = "admitted: retrain starts"
     try:
         row = record_alert(sessions, payload, model_name=model, dedupe_key=key, outcome="run",
