@@ -20,7 +20,7 @@ def retry_if_transient(_task: Any, _run: Any, state: Any) -> bool:
 
 @task(retries=1, retry_delay_seconds=10, retry_condition_fn=retry_if_transient)
 def evaluate_task(version: str, window_from: str | None, window_to: str | None, promote: bool,
-                  build_bento: bool, feature_migration: str | None, actor: str) -> dict[str, Any]:
+                  build_bento: bool | None, feature_migration: str | None, actor: str) -> dict[str, Any]:
     """Runs the evaluator; its artifacts (markdown + table) are published from inside this task run."""
     settings = get_settings()
     outcome = evaluate_version(settings, open_registry(settings), version, feast_frame_provider(settings),
@@ -31,9 +31,11 @@ def evaluate_task(version: str, window_from: str | None, window_to: str | None, 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(version: str, window_from: str | None = None, window_to: str | None = None,
-                  promote: bool = True, build_bento: bool = True, feature_migration: str | None = None,
+                  promote: bool = True, build_bento: bool | None = None, feature_migration: str | None = None,
                   actor: str = "flow:evaluate") -> dict[str, Any]:
-    """Evaluate `version` (default window: one month from the end of its training window)."""
+    """Evaluate `version` (default window: one month from the end of its training window).
+
+    `build_bento` None follows the `retrain_build_bento` setting."""
     result = evaluate_task(version, window_from, window_to, promote, build_bento, feature_migration, actor)
     print(f"evaluation {result['evaluation_id']}: {result['decision']} {result['version']} vs "
           f"{result['champion'] or 'no champion'}; report {result['report']}")

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retrain.commands.models",
     "retrain.commands.ops",
     "retrain.commands.alerts",
+    "retrain.commands.backtest",
 )
 
 

@@ -115,12 +115,17 @@ def _check_window(challenger: ModelVersion, champion: ModelVersion | None, start
 
 
 def measure_latency_ms(boosters: list[lgb.Booster], rows: list[pd.DataFrame], n: int = 200) -> list[float]:
-    """Median single-row `predict` time per booster, timed interleaved so machine noise hits all alike."""
+    """Median single-row `predict` time per booster, timed interleaved so machine noise hits all alike.
+
+    One thread, as a serving worker predicts one request (OpenMP start-up on a busy machine otherwise
+    dominates and measures the machine, not the model).
+    """
     samples: list[list[float]] = [[] for _ in boosters]
+    rows = [r.copy() for r in rows]
     for i in range(n + 5):
         for k, (booster, row) in enumerate(zip(boosters, rows, strict=True)):
             t0 = time.perf_counter()
-            booster.predict(row)
+            booster.predict(row, num_threads=1)
             if i >= 5:  # warm-up
                 samples[k].append((time.perf_counter() - t0) * 1000.0)
     return [statistics.median(s) for s in samples]
@@ -154,7 +159,7 @@ def _record(sessions: sessionmaker[Session], settings: Settings, *, challenger: 
             actor: str, pending: Path | None, extra_metrics: dict[str, Any],
             write_html: Callable[[Path, int], Path] | None) -> tuple[int, Path | None]:
     """One transaction: the evaluation row, its alias move, and the report directory's final name."""
-    final: list[Path] = []
+    where = {"dir": pending}  # the report directory's current name (a retried attempt renames it again)
 
     def work(session: Session) -> tuple[int, Path | None]:
         row = Evaluation(model_name=settings.model_name, challenger_id=challenger.id,
@@ -166,12 +171,14 @@ def _record(sessions: sessionmaker[Session], settings: Settings, *, challenger: 
         session.add(row)
         session.flush()
         html: Path | None = None
-        if pending is not None and write_html is not None:
+        current = where["dir"]
+        if current is not None and write_html is not None:
             target = settings.reports_dir / f"evaluation-{row.id}"
-            if target.exists():
-                shutil.rmtree(target)
-            pending.rename(target)
-            final.append(target)
+            if target != current:
+                if target.exists():  # left by an evaluation whose transaction never committed
+                    shutil.rmtree(target)
+                current.rename(target)
+                where["dir"] = target
             html = write_html(target, row.id)
             row.report_path = str(html)
         reason = f"evaluation {row.id}: " + "; ".join(decision.reasons)[:900]
@@ -190,8 +197,8 @@ def _record(sessions: sessionmaker[Session], settings: Settings, *, challenger: 
     try:
         return registry.atomic(sessions, work)
     except BaseException:
-        for path in final + ([pending] if pending else []):
-            shutil.rmtree(path, ignore_errors=True)
+        if where["dir"] is not None:
+            shutil.rmtree(where["dir"], ignore_errors=True)
         raise
 
 
@@ -204,7 +211,7 @@ def evaluate_version(
     window_from: datetime | str | None = None,
     window_to: datetime | str | None = None,
     act: bool = False,
-    build_bento: bool = True,
+    build_bento: bool | None = None,
     bento_builder: BentoBuilder | None = None,
     actor: str = "retrain",
     feature_migration: str | None = None,
@@ -215,7 +222,8 @@ def evaluate_version(
 ) -> EvaluationOutcome:
     """Score challenger `version` and the champion on one fresh window, decide, record, maybe act.
 
-    `act=True` promotes on a promote decision (bento build first; see `retrain.promotion`).
+    `act=True` promotes on a promote decision (bento build first, unless `build_bento` is False;
+    None means `settings.retrain_build_bento`; see `retrain.promotion`).
     """
     from retrain import promotion, reports
 
@@ -243,14 +251,15 @@ def evaluate_version(
     y = frame[label].to_numpy().astype(bool)
     chal_booster = _load(settings, challenger)
     chal_x = _features(chal_booster, frame, "challenger")
-    chal_scores = np.asarray(chal_booster.predict(chal_x), dtype="float64")
+    chal_scores = np.asarray(chal_booster.predict(chal_x, num_threads=settings.num_threads), dtype="float64")
     champ_scores: np.ndarray | None = None
     serving: ServingStats | None = None
     services: tuple[str, str] | None = None
     if champion is not None:
         champ_booster = _load(settings, champion)
         champ_x = _features(champ_booster, frame, "champion")
-        champ_scores = np.asarray(champ_booster.predict(champ_x), dtype="float64")
+        champ_scores = np.asarray(champ_booster.predict(champ_x, num_threads=settings.num_threads),
+                                  dtype="float64")
         lat = measure_latency_ms([chal_booster, champ_booster], [chal_x.iloc[:1], champ_x.iloc[:1]],
                                  latency_samples)
         serving = ServingStats(lat[0], challenger.model_size_bytes, lat[1], champion.model_size_bytes)
@@ -282,7 +291,7 @@ def evaluate_version(
     if reports.in_prefect_run():
         reports.publish_artifacts(data, evaluation_id, html)
     if not decision.promote:
-        outcome.event_sent = promotion.emit_decision(settings, "retrain.model.rejected", {
+        outcome.event_sent = promotion.emit_decision(settings, promotion.EVENT_REJECTED, {
             "version": challenger.version, "champion": outcome.champion, "evaluation_id": evaluation_id,
             "reasons": decision.reasons})
         return outcome

@@ -2,7 +2,7 @@
 
 Pure and dependency-light on purpose: the evaluator, the monitor and the backtest all score models
 with these same functions. The bootstrap is vectorized (resample weights as a matrix, rank-based
-AUC from cumulative sums) so 1,000 resamples of ~25k rows take well under a second or two.
+AUC from one bincount per model and chunk) so 1,000 resamples of ~25k rows take about a second.
 """
 
 from __future__ import annotations
@@ -77,7 +77,6 @@ def expected_calibration_error(y: npt.ArrayLike, p: npt.ArrayLike, bins: int = 1
     if yb.size == 0:
         return math.nan
     idx = np.clip((pf * bins).astype(int), 0, bins - 1)
-    n = np.bincount(idx, minlength=bins).astype("float64")
     sum_p = np.bincount(idx, weights=pf, minlength=bins)
     sum_y = np.bincount(idx, weights=yb.astype("float64"), minlength=bins)
     return float(np.abs(sum_p - sum_y).sum() / yb.size)
@@ -129,29 +128,33 @@ def _tie_starts(sorted_values: FloatArray) -> npt.NDArray[np.intp]:
 
 @dataclass(frozen=True)
 class _Ranked:
-    """One model's scores pre-sorted for the weighted-AUC bootstrap."""
+    """One model's scores as bootstrap keys: `2 * tie_group + label`, groups in score order."""
 
-    order: npt.NDArray[np.intp]
-    y_sorted: FloatArray
-    starts: npt.NDArray[np.intp] | None  # tie-group starts; None when every score is distinct
+    keys: npt.NDArray[np.intp]
+    groups: int
 
     @classmethod
     def of(cls, y: BoolArray, s: FloatArray) -> _Ranked:
-        order = np.argsort(s, kind="mergesort")
-        starts = _tie_starts(s[order])
-        return cls(order, y[order].astype("float64"), None if starts.size == s.size else starts)
+        uniq, group = np.unique(s, return_inverse=True)
+        return cls((2 * group + y).astype(np.intp), int(uniq.size))
 
-    def weighted_auc(self, weights: FloatArray) -> FloatArray:
-        """AUC for each row of `weights` (resample counts per original row)."""
-        w = weights[:, self.order]
-        pos = w * self.y_sorted
-        neg = w - pos
-        if self.starts is not None:
-            pos = np.add.reduceat(pos, self.starts, axis=1)
-            neg = np.add.reduceat(neg, self.starts, axis=1)
-        neg_below = np.cumsum(neg, axis=1) - neg
-        numer = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
-        denom = pos.sum(axis=1) * neg.sum(axis=1)
+    def auc(self, idx: npt.NDArray[np.intp], n_pos: FloatArray) -> FloatArray:
+        """AUC of each resample (a row of `idx` holds the drawn row numbers).
+
+        One bincount gives, per resample and tie group, how many negatives and positives were drawn;
+        the numerator is sum over groups of pos * (negatives strictly below + half the tied ones).
+        """
+        k, n = idx.shape
+        width = 2 * self.groups
+        flat = self.keys[idx]
+        flat += (np.arange(k, dtype=np.intp) * width)[:, None]
+        counts = np.bincount(flat.ravel(), minlength=k * width).reshape(k, self.groups, 2)
+        neg, pos = counts[:, :, 0], counts[:, :, 1]
+        below = np.cumsum(neg, axis=1)
+        below *= 2
+        below -= neg  # 2 * (strictly below) + tied
+        numer = np.einsum("ij,ij->i", pos, below).astype("float64") / 2.0
+        denom = n_pos * (n - n_pos)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(denom > 0, numer / np.where(denom > 0, denom, 1.0), np.nan)
 
@@ -198,12 +201,12 @@ def paired_bootstrap(
         loss_gain = _row_losses(metric_name, yb, b) - _row_losses(metric_name, yb, a)
     for lo in range(0, resamples, chunk):
         k = min(chunk, resamples - lo)
-        idx = rng.integers(0, n, size=(k, n)) + (np.arange(k) * n)[:, None]
-        weights = np.bincount(idx.ravel(), minlength=k * n).reshape(k, n).astype("float64")
+        idx = rng.integers(0, n, size=(k, n))
         if metric_name == "auc":
-            out[lo : lo + k] = ra.weighted_auc(weights) - rb.weighted_auc(weights)
+            n_pos = yb[idx].sum(axis=1).astype("float64")
+            out[lo : lo + k] = ra.auc(idx, n_pos) - rb.auc(idx, n_pos)
         else:
-            out[lo : lo + k] = (weights @ loss_gain) / n
+            out[lo : lo + k] = loss_gain[idx].mean(axis=1)
     return out
 
 

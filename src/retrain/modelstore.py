@@ -83,7 +83,8 @@ def save_booster(
     use_store(settings)
     import bentoml
 
-    model = bentoml.lightgbm.save_model(settings.model_name, booster, metadata=metadata, labels=labels)
+    created = bentoml.lightgbm.save_model(settings.model_name, booster, metadata=metadata, labels=labels)
+    model = bentoml.models.get(created.tag)  # the stored copy (save_model returns its temp build dir)
     path = Path(model.path_of(MODEL_FILENAME))
     return SavedModel(
         tag=str(model.tag),
@@ -141,5 +142,9 @@ def list_tags(settings: Settings) -> list[str]:
     """Tags of every model of `settings.model_name` in the store."""
     use_store(settings)
     import bentoml
+    from bentoml.exceptions import NotFound
 
-    return sorted(str(m.tag) for m in bentoml.models.list(settings.model_name))
+    try:
+        return sorted(str(m.tag) for m in bentoml.models.list(settings.model_name))
+    except NotFound:
+        return []

@@ -18,8 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from retrain import registry
 from retrain.config import REPO_ROOT, Settings
+from retrain.events import EVENT_PROMOTED, EVENT_REJECTED
 
 log = logging.getLogger(__name__)
+
+__all__ = ["EVENT_PROMOTED", "EVENT_REJECTED", "BentoBuildError", "PromotionResult", "build_bento",
+           "emit_decision", "promote_version"]
 
 BENTOFILE = REPO_ROOT / "bentos" / "flight_delay" / "bentofile.yaml"
 BentoBuilder = Callable[[Settings, str], str]
@@ -91,9 +95,9 @@ def promote_version(
     actor: str,
     evaluation_id: int | None = None,
     *,
-    build: bool = True,
+    build: bool | None = None,
     builder: BentoBuilder | None = None,
-    expect_champion_id: int | None = registry._UNSET,
+    expect_champion_id: int | None = registry.ANY_CHAMPION,
 ) -> PromotionResult:
     """Build the bento, then move the champion alias (recording the bento tag), then emit the event."""
     if not reason or not reason.strip():
@@ -103,6 +107,8 @@ def promote_version(
         champion = registry.alias_in(session, settings.model_name, registry.CHAMPION)
     if champion is not None and champion.id == target.id:
         raise registry.RegistryError(f"version {target.version} is already the champion")
+    if build is None:
+        build = settings.retrain_build_bento
     bento_tag = (builder or build_bento)(settings, target.bento_model_tag) if build else None
     try:
         row = registry.promote(sessions, target.version, reason, actor, evaluation_id, model_name=settings.model_name,
@@ -112,7 +118,7 @@ def promote_version(
             delete_bento(settings, bento_tag)
         raise
     previous = champion.version if champion else None
-    sent = emit_decision(settings, "retrain.model.promoted", {
+    sent = emit_decision(settings, EVENT_PROMOTED, {
         "version": row.version, "bento_model_tag": row.bento_model_tag, "bento_tag": bento_tag,
         "previous": previous, "evaluation_id": evaluation_id, "reason": reason, "actor": actor,
     })

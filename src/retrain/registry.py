@@ -22,13 +22,23 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from retrain.db import Alias, ModelVersion, Promotion, transaction, utcnow
+from retrain.config import Settings
+from retrain.db import (
+    Alias,
+    ModelVersion,
+    Promotion,
+    make_engine,
+    session_factory,
+    transaction,
+    upgrade,
+    utcnow,
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 STATUSES = ("candidate", "challenger", "champion", "archived", "rejected")
 T = TypeVar("T")
-_UNSET: Any = object()
+ANY_CHAMPION: Any = object()  # `expect_champion_id` default: promote whatever the champion is
 
 
 class RegistryError(RuntimeError):
@@ -66,6 +76,13 @@ class HistoryEntry:
         return {**self.__dict__, "created_at": self.created_at.isoformat()}
 
 
+def open_registry(settings: Settings) -> sessionmaker[Session]:
+    """Sessions on the system of record, migrated to the latest schema (idempotent)."""
+    settings.ensure_dirs()
+    upgrade(settings.db_url)
+    return session_factory(make_engine(settings.db_url))
+
+
 # ------------------------------------------------------------------------------------ retrying
 
 
@@ -99,11 +116,11 @@ def atomic(sessions: sessionmaker[Session], work: Callable[[Session], T], *, att
 def register_version(sessions: sessionmaker[Session], **fields: Any) -> ModelVersion:
     """Insert a `candidate` version named `v<N>` (N = count of versions + 1, retried on a clash)."""
     fields.setdefault("status", "candidate")
+    explicit = fields.pop("version", None)
 
     def work(session: Session) -> ModelVersion:
         n = session.scalar(select(func.count()).select_from(ModelVersion)) or 0
-        version = fields.pop("version", None) or f"v{n + 1}"
-        row = ModelVersion(version=version, **fields)
+        row = ModelVersion(version=explicit or f"v{n + 1}", **fields)
         session.add(row)
         session.flush()
         return row
@@ -227,7 +244,7 @@ def _move(session: Session, locked: _Locked, target: ModelVersion | None, *, act
 
 def promote_in(session: Session, ref: str, reason: str, actor: str, evaluation_id: int | None = None, *,
                model_name: str | None = None, bento_tag: str | None = None,
-               expect_champion_id: int | None = _UNSET, action: str = "promote") -> ModelVersion:
+               expect_champion_id: int | None = ANY_CHAMPION, action: str = "promote") -> ModelVersion:
     """Make `ref` the champion inside an open transaction (see `promote`)."""
     target = find_version(session, ref, model_name)
     name = target.model_name
@@ -235,7 +252,7 @@ def promote_in(session: Session, ref: str, reason: str, actor: str, evaluation_i
     champion = locked.version
     if champion is not None and champion.id == target.id:
         raise RegistryError(f"version {target.version} is already the champion of {name}")
-    if expect_champion_id is not _UNSET and (champion.id if champion else None) != expect_champion_id:
+    if expect_champion_id is not ANY_CHAMPION and (champion.id if champion else None) != expect_champion_id:
         raise ChampionChangedError(
             f"champion of {name} changed since the decision (now {champion.version if champion else 'none'}); "
             "evaluate again against the current champion")
@@ -255,7 +272,7 @@ def promote_in(session: Session, ref: str, reason: str, actor: str, evaluation_i
 
 def promote(sessions: sessionmaker[Session], version: str, reason: str, actor: str,
             evaluation_id: int | None = None, *, model_name: str | None = None, bento_tag: str | None = None,
-            expect_champion_id: int | None = _UNSET) -> ModelVersion:
+            expect_champion_id: int | None = ANY_CHAMPION) -> ModelVersion:
     """Move the champion alias to `version`; the old champion is archived.
 
     `expect_champion_id` (the champion a decision was made against; None for "no champion") makes the

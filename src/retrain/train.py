@@ -137,6 +137,13 @@ def _check_frame(frame: pd.DataFrame, feature_names: Sequence[str], label: str, 
         raise TrainingError(f"{label}: must be numeric for objective 'regression'")
 
 
+def _sortable(column: pd.Series) -> np.ndarray:
+    """Times as a plain numpy array (tz-aware columns would otherwise become Timestamp objects)."""
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        return column.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+    return column.to_numpy()
+
+
 def time_split(frame: pd.DataFrame, time_col: str, validation_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Oldest rows train, the last `validation_fraction` of the window (by time) validates.
 
@@ -144,8 +151,9 @@ def time_split(frame: pd.DataFrame, time_col: str, validation_fraction: float) -
     """
     if not 0.0 < validation_fraction < 1.0:
         raise TrainingError(f"validation_fraction: {validation_fraction} must be in (0, 1)")
-    ordered = frame.sort_values(time_col, kind="mergesort")
-    times = ordered[time_col].to_numpy()
+    column = frame[time_col]
+    ordered = frame if column.is_monotonic_increasing else frame.sort_values(time_col, kind="mergesort")
+    times = _sortable(ordered[time_col])
     cut = min(int(math.floor(len(ordered) * (1.0 - validation_fraction))), len(ordered) - 1)
     cut = int(np.searchsorted(times, times[cut], side="left"))
     if cut < 1:
@@ -189,6 +197,7 @@ def fit(
         raise TrainingError(f"num_boost_round: {num_boost_round} must be at least 1")
     started = time.perf_counter()
     fingerprint = data_fingerprint(frame, feats, label)
+    t_fp = time.perf_counter()
     train_part, valid_part = time_split(frame, time_col, validation_fraction)
     y_train = train_part[label].to_numpy(dtype="float64")
     y_valid = valid_part[label].to_numpy(dtype="float64")
@@ -200,9 +209,12 @@ def fit(
     full_params.update(seed=seed, deterministic=True, force_row_wise=True, num_threads=num_threads, verbose=-1)
     train_ds = lgb.Dataset(train_part[feats], y_train, feature_name=feats, free_raw_data=True)
     valid_ds = lgb.Dataset(valid_part[feats], y_valid, reference=train_ds, free_raw_data=True)
-    callbacks = [lgb.early_stopping(early_stopping_rounds, verbose=False)] if early_stopping_rounds > 0 else []
+    t_split = time.perf_counter()
+    callbacks: list[Callable[..., Any]] = (
+        [lgb.early_stopping(early_stopping_rounds, verbose=False)] if early_stopping_rounds > 0 else [])
     booster = lgb.train(full_params, train_ds, num_boost_round=num_boost_round, valid_sets=[valid_ds],
                         valid_names=["valid"], callbacks=callbacks)
+    t_fit = time.perf_counter()
     best = int(booster.best_iteration) if booster.best_iteration > 0 else booster.current_iteration()
     scores = np.asarray(booster.predict(valid_part[feats], num_iteration=best), dtype="float64")
     elapsed = time.perf_counter() - started
@@ -223,6 +235,8 @@ def fit(
                    "early_stopping_rounds": early_stopping_rounds, "validation_fraction": validation_fraction},
         "library_versions": library_versions(),
         "train_seconds": round(elapsed, 3),
+        "phase_seconds": {"fingerprint": round(t_fp - started, 3), "split": round(t_split - t_fp, 3),
+                          "lgb_train": round(t_fit - t_split, 3), "validate": round(started + elapsed - t_fit, 3)},
     }
     return TrainResult(booster=booster, feature_names=feats, metadata=meta,
                        valid_frame=valid_part, valid_scores=scores)
@@ -274,20 +288,37 @@ class TrainedVersion:
             "validation": self.metadata["validation"],
             "data_fingerprint": self.metadata["data_fingerprint"],
             "train_seconds": self.metadata["train_seconds"],
+            "phase_seconds": self.metadata.get("phase_seconds", {}),
         }
 
 
-def reference_profile(frame: pd.DataFrame, feature_names: list[str], scores: np.ndarray) -> dict[str, Any]:
-    """The monitoring baseline, built by `retrain.monitor.build_reference_profile` (required)."""
+def feast_frame_provider(settings: Settings) -> FrameProvider:
+    """Training sets through the feature service (`features.training_set`), one store per provider."""
+    from retrain import features
+
+    store = features.open_store(settings)
+
+    def provide(start: datetime, end: datetime) -> TrainingSetLike:
+        return features.training_set(store, settings, start, end)
+
+    return provide
+
+
+def reference_profile(settings: Settings, result: TrainResult, label: str) -> dict[str, Any]:
+    """The monitoring baseline on the validation rows (honest, out-of-sample scores), with labels."""
     try:
         from retrain.monitor import build_reference_profile
     except ImportError as exc:  # a missing monitor is a broken install, not an optional feature
         raise RuntimeError("retrain.monitor.build_reference_profile is unavailable: cannot record the "
                            "reference profile the monitor needs") from exc
-    return dict(build_reference_profile(frame, feature_names, scores))
+    frame = result.valid_frame
+    return dict(build_reference_profile(
+        frame, result.feature_names, result.valid_scores, labels=frame[label].to_numpy(),
+        bins=settings.monitor_profile_bins, quantiles=settings.monitor_profile_quantiles,
+        top_k=settings.monitor_profile_top_k))
 
 
-def _window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+def _window(start: datetime | str, end: datetime | str) -> tuple[datetime, datetime]:
     from retrain.data import to_utc
 
     lo, hi = to_utc(start).to_pydatetime(), to_utc(end).to_pydatetime()
@@ -315,8 +346,8 @@ def train_version(
     settings: Settings,
     sessions: sessionmaker[Session],
     frame_provider: FrameProvider,
-    start: datetime,
-    end: datetime,
+    start: datetime | str,
+    end: datetime | str,
     *,
     label: str = "late",
     time_col: str = "sched_dep",
@@ -328,6 +359,7 @@ def train_version(
     from retrain import modelstore, registry
 
     lo, hi = _window(start, end)
+    t0 = time.perf_counter()
     try:
         tset = frame_provider(lo, hi)
     except ValueError as exc:
@@ -338,8 +370,11 @@ def train_version(
     times = pd.to_datetime(frame[time_col], utc=True)
     if times.min() < pd.Timestamp(lo) or times.max() >= pd.Timestamp(hi):
         raise TrainingError(f"{time_col}: the training set has rows outside [{lo.isoformat()}, {hi.isoformat()})")
+    t_set = time.perf_counter()
     result = fit_with_settings(frame, tset.feature_names, settings, label=label, time_col=time_col)
-    profile = _json_safe(reference_profile(result.valid_frame, result.feature_names, result.valid_scores))
+    t_fit = time.perf_counter()
+    profile = _json_safe(reference_profile(settings, result, label))
+    t_profile = time.perf_counter()
     meta = result.metadata
     bento_meta = _json_safe({
         "feature_service": tset.feature_service, "train_from": lo.isoformat(), "train_to": hi.isoformat(),
@@ -349,6 +384,9 @@ def train_version(
     })
     labels = {"feature_service": tset.feature_service, "window": f"{lo.date()}_{hi.date()}"}
     saved = modelstore.save_booster(settings, result.booster, metadata=bento_meta, labels=labels)
+    t_save = time.perf_counter()
+    phases = {"training_set": round(t_set - t0, 3), **meta["phase_seconds"], "fit_total": round(t_fit - t_set, 3),
+              "reference_profile": round(t_profile - t_fit, 3), "save_model": round(t_save - t_profile, 3)}
     try:
         row = registry.register_version(
             sessions,
@@ -365,7 +403,8 @@ def train_version(
             model_size_bytes=saved.size_bytes,
             params=_json_safe(meta["params"]),
             metrics=_json_safe({"validation": meta["validation"], "best_iteration": meta["best_iteration"],
-                                "feature_names": result.feature_names, "bento_version": saved.version}),
+                                "feature_names": result.feature_names, "bento_version": saved.version,
+                                "phase_seconds": phases}),
             library_versions=meta["library_versions"],
             reference_profile=profile,
             train_seconds=float(meta["train_seconds"]),
@@ -373,6 +412,8 @@ def train_version(
     except BaseException:
         modelstore.delete_model(settings, saved.tag)
         raise
+    phases["register"] = round(time.perf_counter() - t_save, 3)
+    meta = {**meta, "phase_seconds": phases}
     log.info("registered %s (%s): %d train / %d valid rows, validation %s", row.version, saved.tag,
              meta["n_train"], meta["n_valid"], meta["validation"])
     return TrainedVersion(version=row.version, version_id=row.id, bento_model_tag=saved.tag, train_from=lo,
