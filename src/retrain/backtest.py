@@ -300,7 +300,7 @@ class Replay:
         result = fit_with_settings(frame, h.feature_names, self.settings, label=h.label, time_col=h.time_col,
                                    objective=h.objective)
         if self.binary:
-            profile = reference_profile(self.settings, result, h.label)
+            profile = reference_profile(self.settings, result, h.label, frame)
         else:  # the profile's performance block is binary-only: drift rules still apply
             profile = dict(build_reference_profile(result.valid_frame, result.feature_names, result.valid_scores,
                                                    settings=self.settings))

@@ -304,18 +304,27 @@ def feast_frame_provider(settings: Settings) -> FrameProvider:
     return provide
 
 
-def reference_profile(settings: Settings, result: TrainResult, label: str) -> dict[str, Any]:
-    """The monitoring baseline on the validation rows (honest, out-of-sample scores), with labels."""
+def reference_profile(settings: Settings, result: TrainResult, label: str,
+                      frame: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The monitoring baseline: feature distributions over the whole training window (`frame`),
+    scores and the baseline AUC on the validation rows (honest, out-of-sample).
+
+    Profiling features on the validation rows alone (about a week of a two-month window) made
+    seasonal features such as weather look drifted within days.
+    """
     try:
         from retrain.monitor import build_reference_profile
     except ImportError as exc:  # a missing monitor is a broken install, not an optional feature
         raise RuntimeError("retrain.monitor.build_reference_profile is unavailable: cannot record the "
                            "reference profile the monitor needs") from exc
-    frame = result.valid_frame
-    return dict(build_reference_profile(
-        frame, result.feature_names, result.valid_scores, labels=frame[label].to_numpy(),
-        bins=settings.monitor_profile_bins, quantiles=settings.monitor_profile_quantiles,
-        top_k=settings.monitor_profile_top_k))
+    valid = result.valid_frame
+    profile = dict(build_reference_profile(
+        valid, result.feature_names, result.valid_scores, labels=valid[label].to_numpy(), settings=settings))
+    if frame is not None and len(frame) > len(valid):
+        whole = build_reference_profile(frame, result.feature_names, np.zeros(len(frame)), settings=settings)
+        profile["features"] = whole["features"]
+        profile["n_rows_features"] = whole["n_rows"]
+    return profile
 
 
 def _window(start: datetime | str, end: datetime | str) -> tuple[datetime, datetime]:
@@ -373,7 +382,7 @@ def train_version(
     t_set = time.perf_counter()
     result = fit_with_settings(frame, tset.feature_names, settings, label=label, time_col=time_col)
     t_fit = time.perf_counter()
-    profile = _json_safe(reference_profile(settings, result, label))
+    profile = _json_safe(reference_profile(settings, result, label, frame))
     t_profile = time.perf_counter()
     meta = result.metadata
     bento_meta = _json_safe({
