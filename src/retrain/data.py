@@ -159,8 +159,8 @@ class ReplayClock:
 
     def flights_between(self, since: datetime | None, until: datetime) -> pd.DataFrame:
         """Flights departing in [since, until), as seen at `until` (outcomes masked if not landed)."""
-        lo = 0 if since is None else int(np.searchsorted(self._sched, _ts(since).tz_localize(None).to_datetime64(), "left"))
-        hi = int(np.searchsorted(self._sched, _ts(until).tz_localize(None).to_datetime64(), "left"))
+        lo = 0 if since is None else int(np.searchsorted(self._sched, _naive(since), "left"))
+        hi = int(np.searchsorted(self._sched, _naive(until), "left"))
         part = self._flights.iloc[lo:hi].copy()
         not_landed = ~(part["landed_at"] < _ts(until))
         part.loc[not_landed, list(OUTCOME_COLUMNS)] = np.nan
@@ -186,6 +186,11 @@ TimeLike = datetime | pd.Timestamp | str
 def _ts(value: TimeLike) -> pd.Timestamp:
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _naive(value: TimeLike) -> np.datetime64:
+    """UTC as a naive datetime64 (what the sorted schedule array holds)."""
+    return _ts(value).tz_localize(None).to_datetime64()
 
 
 def to_utc(value: TimeLike) -> pd.Timestamp:
