@@ -39,15 +39,20 @@ def emit_alerts(model_name: str, alerts: list[dict[str, Any]], as_of: str) -> di
     sessions = open_registry(settings)
     now = to_utc(as_of).to_pydatetime()
     counts = {"sent": 0, "skipped": 0}
+    sent_keys: set[str] = set()
     for raw in alerts:
         payload = AlertPayload.model_validate(raw)
+        key = payload.effective_dedupe_key(model_name, now, settings)
         blocked = blocked_by(sessions, settings, payload, now, model_name=model_name)
+        if blocked is None and key in sent_keys:  # several rules fired: one event per dedupe key
+            blocked = ("deduplicated", f"dedupe key {key!r} already sent by this monitoring pass")
         if blocked is not None:
             record_alert(sessions, payload, model_name=model_name, outcome=blocked[0],
                          detail=f"{blocked[1]} (seen by the monitor; no event sent)", received_at=now)
             counts["skipped"] += 1
             continue
         counts["sent"] += emit(alert_event_name(payload.kind), model_resource(model_name), raw, settings)
+        sent_keys.add(key)
     return counts
 
 

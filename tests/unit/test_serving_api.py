@@ -74,6 +74,10 @@ def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S
     monkeypatch.setenv("RETRAIN_SERVE_LOG_FLUSH_SECONDS", "3600")  # only the shutdown flush writes
     monkeypatch.setenv("RETRAIN_SERVE_MAX_BATCH", "5")
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    # prometheus_client picks its multiprocess value class at import: if an earlier test imported it
+    # while PROMETHEUS_MULTIPROC_DIR was set (BentoML sets it), the directory must exist here too.
+    (tmp_path / "prometheus").mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prometheus"))
     store = StubStore()
     monkeypatch.setattr(features, "open_store", lambda settings: store)
     monkeypatch.setattr(features, "service", lambda store, name="": "flight_delay_v1")
