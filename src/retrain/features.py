@@ -12,9 +12,7 @@ lookups, so train/serve skew cannot creep in. The feature tables are parquet fil
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +25,7 @@ import pandas as pd
 
 from retrain.config import Settings
 from retrain.data import TimeLike, load_planes, load_weather, to_utc
+from retrain.offline import read_table, write_parquet_atomic
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -51,37 +50,16 @@ def features_dir(settings: Settings) -> Path:
     return settings.offline_dir / "features"
 
 
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write a parquet file via a temp file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_parts(directory: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Concatenate the parquet parts of one landed dataset (empty frame when none)."""
-    parts = sorted(directory.glob("part-*.parquet")) if directory.exists() else []
-    if not parts:
-        return pd.DataFrame(columns=columns or [])
-    return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
-
-
 def landed_flights(settings: Settings, columns: list[str] | None = None) -> pd.DataFrame:
-    return read_parts(settings.offline_dir / "flights", columns)
+    """Every landed flight (only `columns`), as the ingestion wrote them."""
+    frame = read_table(settings, "flights", columns)
+    return frame if frame is not None else pd.DataFrame(columns=columns or [])
 
 
 def landed_outcomes(settings: Settings) -> pd.DataFrame:
     """All recorded outcomes, one row per flight (the latest record wins)."""
-    df = read_parts(settings.offline_dir / "outcomes")
-    if df.empty:
+    df = read_table(settings, "outcomes")
+    if df is None or df.empty:
         return pd.DataFrame(columns=["flight_id", "sched_dep", "landed_at", "arr_delay", "late"])
     return df.drop_duplicates("flight_id", keep="last").reset_index(drop=True)
 
