@@ -19,6 +19,7 @@ from retrain.evaluate import evaluate_version
 from retrain.events import AlertPayload
 from retrain.features import materialize_until, open_store, refresh_feature_tables
 from retrain.ingest import replay_until
+from retrain.reconcile import reconcile_cancelled
 from retrain.registry import open_registry
 from retrain.retraining import run_retrain
 from retrain.train import feast_frame_provider, train_version
@@ -54,6 +55,13 @@ def evaluate_task(version: str, start: datetime, end: datetime) -> Any:
                             actor="flow:retrain")
 
 
+@task(cache_policy=NONE)
+def reconcile_task() -> dict[str, Any]:
+    """Record retrain runs the concurrency limit cancelled (they never reach the ledger themselves)."""
+    settings = get_settings()
+    return reconcile_cancelled(settings, open_registry(settings), clock.now(settings)).as_json()
+
+
 @flow(name="retrain", log_prints=True)
 def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric: Scalar = "", value: Scalar = "",
                  threshold: Scalar = "", window_from: Scalar = "", window_to: Scalar = "", dedupe_key: Scalar = "",
@@ -75,6 +83,10 @@ def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric:
         train=lambda a, b: train_task(a, b), evaluate=lambda v, a, b: evaluate_task(v, a, b),
         catch_up=lambda now: catch_up_task(now), flow_run_id=str(flow_run.get_id() or ""),
     )
-    get_run_logger().info("alert %s (%s, event %s): %s", report.alert_id, report.outcome, event_id or "-",
-                          report.detail)
+    logger = get_run_logger()
+    logger.info("alert %s (%s, event %s): %s", report.alert_id, report.outcome, event_id or "-", report.detail)
+    reconciled = reconcile_task(return_state=True)  # a failure here must not fail the retrain
+    if reconciled.is_completed():
+        return {**report.as_json(), "reconcile": reconciled.result()}
+    logger.warning("recording cancelled retrain runs failed: %s", reconciled.message)
     return report.as_json()
