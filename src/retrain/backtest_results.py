@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from retrain.backtest_data import BacktestInputError
 from retrain.config import Settings
+from retrain.jsonsafe import json_safe
 
 # ----------------------------------------------------------------------------------- policies
 
@@ -92,7 +91,7 @@ class PeriodRecord:
     bad_promotion: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))  # type: ignore[no-any-return]
+        return json_safe(asdict(self))  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -105,7 +104,7 @@ class PolicyRun:
         values = [p.metric for p in self.periods if p.metric is not None and math.isfinite(p.metric)]
         retrains = [p.retrain for p in self.periods if p.retrain is not None]
         fitted = [r for r in retrains if r.challenger is not None]
-        return _json_safe({  # type: ignore[no-any-return]
+        return json_safe({  # type: ignore[no-any-return]
             "mean_metric": float(np.mean(values)) if values else None,
             "periods": len(self.periods),
             "retrains": len(fitted),
@@ -143,24 +142,10 @@ class BacktestResult:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe({  # type: ignore[no-any-return]
+        return json_safe({  # type: ignore[no-any-return]
             "history": self.history, "period": self.period, "metric": self.metric,
             "higher_is_better": self.higher_is_better, "bad_margin": self.bad_margin, "initial": self.initial,
             "settings": self.settings, "seconds": self.seconds, "policies": [r.to_dict() for r in self.runs]})
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, pd.Timestamp | datetime):
-        return value.isoformat()
-    return value
 
 
 SETTINGS_PREFIXES = ("monitor_", "gate_", "retrain_", "eval_", "alert_")

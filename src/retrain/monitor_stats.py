@@ -20,6 +20,7 @@ import pandas as pd
 
 from retrain import metrics
 from retrain.config import Settings
+from retrain.jsonsafe import json_safe
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -33,19 +34,6 @@ _QUANTILE_METHOD: Final = "inverted_cdf"
 
 def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
-
-
-def json_safe(obj: Any) -> Any:
-    """Recursively replace NaN/inf by None and numpy scalars by Python ones (JSON / PostgreSQL safe)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return obj
 
 
 # ----------------------------------------------------------------------------------- profiles

@@ -25,6 +25,7 @@ import pandas as pd
 
 from retrain import metrics
 from retrain.config import Settings
+from retrain.jsonsafe import json_safe
 
 if TYPE_CHECKING:
     import lightgbm as lgb
@@ -336,21 +337,6 @@ def _window(start: datetime | str, end: datetime | str) -> tuple[datetime, datet
     return lo, hi
 
 
-def _json_safe(value: Any) -> Any:
-    """Metadata for BentoML and JSON columns: plain types, NaN/inf as None (JSON has neither)."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, str | int | bool):
-        return value
-    return str(value)
-
-
 def train_version(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -382,10 +368,10 @@ def train_version(
     t_set = time.perf_counter()
     result = fit_with_settings(frame, tset.feature_names, settings, label=label, time_col=time_col)
     t_fit = time.perf_counter()
-    profile = _json_safe(reference_profile(settings, result, label, frame))
+    profile = json_safe(reference_profile(settings, result, label, frame))
     t_profile = time.perf_counter()
     meta = result.metadata
-    bento_meta = _json_safe({
+    bento_meta = json_safe({
         "feature_service": tset.feature_service, "train_from": lo.isoformat(), "train_to": hi.isoformat(),
         "feature_names": result.feature_names, "n_train": meta["n_train"], "n_valid": meta["n_valid"],
         "best_iteration": meta["best_iteration"], "validation": meta["validation"],
@@ -410,8 +396,8 @@ def train_version(
             data_fingerprint=meta["data_fingerprint"],
             model_checksum=saved.checksum,
             model_size_bytes=saved.size_bytes,
-            params=_json_safe(meta["params"]),
-            metrics=_json_safe({"validation": meta["validation"], "best_iteration": meta["best_iteration"],
+            params=json_safe(meta["params"]),
+            metrics=json_safe({"validation": meta["validation"], "best_iteration": meta["best_iteration"],
                                 "feature_names": result.feature_names, "bento_version": saved.version,
                                 "phase_seconds": phases}),
             library_versions=meta["library_versions"],
