@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from retrain.reports import html_table
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -129,14 +131,6 @@ def render_png(result: BacktestResult, path: Path) -> Path:
     return path
 
 
-def _table(rows: list[dict[str, str]]) -> str:
-    if not rows:
-        return "<p>(none)</p>"
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def decision_rows(result: BacktestResult) -> list[dict[str, str]]:
     """Every retrain of every policy: trigger, windows, outcome, the first reason."""
     rows = []
@@ -168,12 +162,13 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}}th
 initial model {html.escape(result.initial['name'])} trained on {html.escape(result.initial['train_from'][:10])}
 .. {html.escape(result.initial['train_to'][:10])}. Metric: {result.metric.upper()} on each period's labels.</p>
 <img src="{html.escape(png_name)}" alt="metric per period" style="max-width:100%">
-<h2>Totals</h2>{_table(summary_rows(result))}
+<h2>Totals</h2>{html_table(summary_rows(result), "(none)")}
 <h2>Per period</h2><p>A alert, R retrained (r refused or failed), P promoted, ! bad promotion (worse than the
-replaced champion by more than {result.bad_margin:g} on the next period).</p>{_table(period_rows(result))}
-<h2>Retrains and decisions</h2>{_table(decision_rows(result))}
-<h2>Data</h2>{_table(history)}
-<h2>Settings (deploy these unchanged)</h2>{_table(settings)}
+replaced champion by more than {result.bad_margin:g} on the next period).</p>
+{html_table(period_rows(result), "(none)")}
+<h2>Retrains and decisions</h2>{html_table(decision_rows(result), "(none)")}
+<h2>Data</h2>{html_table(history, "(none)")}
+<h2>Settings (deploy these unchanged)</h2>{html_table(settings, "(none)")}
 <p>Generated {datetime.now(UTC).isoformat(timespec='seconds')}.</p></body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)

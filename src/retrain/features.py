@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,7 @@ import pandas as pd
 
 from retrain.config import Settings
 from retrain.data import TimeLike, load_planes, load_weather, to_utc
-from retrain.offline import read_table, write_parquet_atomic
+from retrain.offline import file_lock, read_table, write_parquet_atomic
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -298,18 +298,9 @@ def materialize(store: FeatureStore, start: TimeLike, end: TimeLike) -> float:
     return time.perf_counter() - t0
 
 
-@contextmanager
-def materialization_lock(settings: Settings) -> Iterator[None]:
+def materialization_lock(settings: Settings) -> AbstractContextManager[None]:
     """Serialize materialization: two writers raced on the registry's interval list (one entry lost)."""
-    import fcntl
-
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with open(settings.home / ".materialize.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(settings.home / ".materialize.lock")
 
 
 def materialize_until(store: FeatureStore, settings: Settings, until: TimeLike) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import fcntl
 import os
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -87,12 +87,17 @@ def read_table(settings: Settings, table: str, columns: Sequence[str] | None = N
 
 
 @contextmanager
-def ingest_lock(settings: Settings) -> Iterator[None]:
-    """Serialize ingestion across processes: the duplicate check and the landing form one step."""
-    settings.offline_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.offline_dir / ".ingest.lock", "a+") as fh:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive OS lock on `path` across processes on this machine (blocks until free)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ingest_lock(settings: Settings) -> AbstractContextManager[None]:
+    """Serialize ingestion across processes: the duplicate check and the landing form one step."""
+    return file_lock(settings.offline_dir / ".ingest.lock")

@@ -242,6 +242,14 @@ def _move(session: Session, locked: _Locked, target: ModelVersion | None, *, act
     return before
 
 
+def _clear_challenger_if(session: Session, version: ModelVersion, *, reason: str, actor: str,
+                         evaluation_id: int | None) -> None:
+    """A version that becomes champion stops being the challenger (the clear is recorded too)."""
+    challenger = _lock(session, version.model_name, CHALLENGER)
+    if challenger.version is not None and challenger.version.id == version.id:
+        _move(session, challenger, None, action="clear", reason=reason, actor=actor, evaluation_id=evaluation_id)
+
+
 def promote_in(session: Session, ref: str, reason: str, actor: str, evaluation_id: int | None = None, *,
                model_name: str | None = None, bento_tag: str | None = None,
                expect_champion_id: int | None = ANY_CHAMPION, action: str = "promote") -> ModelVersion:
@@ -260,10 +268,8 @@ def promote_in(session: Session, ref: str, reason: str, actor: str, evaluation_i
                    evaluation_id=evaluation_id)
     if before is not None:
         before.status = "archived"
-    challenger = _lock(session, name, CHALLENGER)
-    if challenger.version is not None and challenger.version.id == target.id:
-        _move(session, challenger, None, action="clear", reason=f"became champion: {reason}",
-              actor=actor, evaluation_id=evaluation_id)
+    _clear_challenger_if(session, target, reason=f"became champion: {reason}", actor=actor,
+                         evaluation_id=evaluation_id)
     target.status = CHAMPION
     if bento_tag is not None:
         target.bento_tag = bento_tag
@@ -353,10 +359,8 @@ def rollback_in(session: Session, model_name: str, reason: str, actor: str) -> t
     assert previous is not None
     _move(session, locked, previous, action="rollback", reason=reason, actor=actor, evaluation_id=None)
     current.status = "archived"
-    challenger = _lock(session, model_name, CHALLENGER)
-    if challenger.version is not None and challenger.version.id == previous.id:
-        _move(session, challenger, None, action="clear", reason=f"rolled back to champion: {reason}",
-              actor=actor, evaluation_id=None)
+    _clear_challenger_if(session, previous, reason=f"rolled back to champion: {reason}", actor=actor,
+                         evaluation_id=None)
     previous.status = CHAMPION
     return current, previous
 

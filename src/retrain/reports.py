@@ -97,9 +97,10 @@ def gates_table(decision: Decision) -> list[dict[str, str]]:
              "value": _fmt(g.value), "threshold": _fmt(g.threshold), "detail": g.detail} for g in decision.gates]
 
 
-def _html_table(rows: list[dict[str, str]]) -> str:
+def html_table(rows: list[dict[str, str]], empty: str = "none") -> str:
+    """An escaped HTML table of uniform dict rows (used by the evaluation and backtest reports)."""
     if not rows:
-        return "<p>none</p>"
+        return f"<p>{html.escape(empty)}</p>"
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -122,10 +123,10 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.promote{{color:#0
 <b>{html.escape(data.champion or "none")}</b> on flights departing {html.escape(data.window_from)} to
 {html.escape(data.window_to)} ({len(data.y):,} labelled rows).</p>
 <h2>Reasons</h2><ul>{"".join(f"<li>{html.escape(r)}</li>" for r in d.reasons)}</ul>
-<h2>Gates</h2>{_html_table(gates_table(d))}
-<h2>Metrics</h2>{_html_table(metrics_table(d))}
+<h2>Gates</h2>{html_table(gates_table(d))}
+<h2>Metrics</h2>{html_table(metrics_table(d))}
 <img src="{PNG_NAME}" alt="ROC curves and per-slice deltas" style="max-width:100%">
-<h2>Slices</h2>{_html_table(slices)}
+<h2>Slices</h2>{html_table(slices)}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")
