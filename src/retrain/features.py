@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,9 @@ import numpy as np
 import pandas as pd
 
 from retrain.config import Settings
-from retrain.data import TimeLike, load_planes, load_weather, to_utc
-from retrain.offline import file_lock, read_table, write_parquet_atomic
+from retrain.data import TimeLike, load_planes, load_weather, to_utc, utc_times
+from retrain.delay_facts import delay_facts
+from retrain.offline import file_lock, parts_fingerprint, read_marker, read_table, write_marker, write_parquet_atomic
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -66,12 +68,12 @@ def landed_outcomes(settings: Settings) -> pd.DataFrame:
 
 def _us(series: pd.Series) -> pd.Series:
     """UTC timestamps floored to microseconds (DuckDB cannot read nanoseconds)."""
-    return pd.to_datetime(series, utc=True).dt.floor("us").astype("datetime64[us, UTC]")
+    return utc_times(series).dt.floor("us").astype("datetime64[us, UTC]")
 
 
 def _bucket_text(when: pd.Series, freq: str, fmt: str) -> pd.Series:
     """Format timestamps floored to `freq`; formats each distinct bucket once (strftime is slow)."""
-    buckets = pd.to_datetime(when, utc=True).dt.floor(freq)
+    buckets = utc_times(when).dt.floor(freq)
     codes, uniques = pd.factorize(buckets)
     text = pd.DatetimeIndex(uniques).strftime(fmt).to_numpy(dtype=object)
     return pd.Series(text[codes], index=when.index)
@@ -87,16 +89,14 @@ def day_key(prefix: pd.Series, when: pd.Series) -> pd.Series:
     return prefix.astype(str) + "|" + _bucket_text(when, "D", "%Y-%m-%d")
 
 
-def weather_table(horizon: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
-    """Weather per origin and UTC hour, observed at or before `horizon`.
+@lru_cache(maxsize=1)
+def _weather_grid() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The whole year's hourly weather grid per origin, and each origin's observation hours.
 
-    One row per (origin, hour) on a complete hourly grid; an hour without an observation carries
-    the last one forward for at most WEATHER_CARRY_HOURS (the same answer a backward as-of join with
-    a 3-hour TTL gives). Rows are keyed `origin_hour` so both the point-in-time join and the online
-    lookup are exact-key matches: a flight gets the weather of its departure hour, offline and online.
+    Carrying forward only looks back, so the grid cut at an origin's last observation <= horizon
+    equals the grid built from the observations <= horizon: build it once, cut per call.
     """
-    w = load_weather()
-    w = w[w["time_hour"] <= horizon].drop_duplicates(["origin", "time_hour"], keep="last")
+    w = load_weather().drop_duplicates(["origin", "time_hour"], keep="last")
     frames = []
     for origin, grp in w.groupby("origin"):
         g = grp.set_index("time_hour")[WEATHER_FEATURES].astype("float64")
@@ -107,6 +107,22 @@ def weather_table(horizon: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     out["event_timestamp"] = _us(out["event_timestamp"])
     out.insert(0, "origin_hour", hour_key(out["origin"], out["event_timestamp"]))
+    observed = w[["origin", "time_hour"]].assign(origin=w["origin"].astype(str), time_hour=_us(w["time_hour"]))
+    return out, observed
+
+
+def weather_table(horizon: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
+    """Weather per origin and UTC hour, observed at or before `horizon`.
+
+    One row per (origin, hour) on a complete hourly grid; an hour without an observation carries
+    the last one forward for at most WEATHER_CARRY_HOURS (the same answer a backward as-of join with
+    a 3-hour TTL gives). Rows are keyed `origin_hour` so both the point-in-time join and the online
+    lookup are exact-key matches: a flight gets the weather of its departure hour, offline and online.
+    """
+    grid, observed = _weather_grid()
+    last_seen = observed[observed["time_hour"] <= horizon].groupby("origin")["time_hour"].max()
+    cut = grid["origin"].map(last_seen)
+    out = grid[cut.notna().to_numpy() & (grid["event_timestamp"] <= cut).to_numpy()].reset_index(drop=True)
     out["created"] = created
     return out
 
@@ -138,26 +154,30 @@ def rolling_delay_stats(
     if outcomes.empty:
         return pd.DataFrame(columns=[key, "event_timestamp"])
     day_ns = 86_400 * 10**9
-    landed = pd.to_datetime(outcomes["landed_at"], utc=True).dt.tz_localize(None)
+    landed = utc_times(outcomes["landed_at"]).dt.tz_localize(None)
     landed_day = landed.to_numpy().astype("datetime64[ns]").astype("int64") // day_ns
     snap_day = snapshots.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[ns]").astype("int64")
     snap_day = snap_day // day_ns
     first = min(int(landed_day.min()), int(snap_day.min()) - max(windows.values()) - 1)
     n_days = int(max(landed_day.max(), snap_day.max())) - first + 2
     codes, uniques = pd.factorize(keys_of.to_numpy())
-    grid_n = np.zeros((len(uniques), n_days))
-    grid_late = np.zeros_like(grid_n)
-    grid_delay = np.zeros_like(grid_n)
     cols = landed_day - first + 1  # column c holds flights that landed on day (first + c - 1)
-    np.add.at(grid_n, (codes, cols), 1.0)
-    np.add.at(grid_late, (codes, cols), outcomes["late"].astype("float64").to_numpy())
-    np.add.at(grid_delay, (codes, cols), outcomes["arr_delay"].astype("float64").to_numpy())
+    cell = codes * n_days + cols
+    shape = (len(uniques), n_days)
+
+    def grid(weights: np.ndarray | None) -> np.ndarray:
+        return np.bincount(cell, weights=weights, minlength=shape[0] * shape[1]).astype("float64").reshape(shape)
+
+    grid_n = grid(None)
+    grid_late = grid(outcomes["late"].astype("float64").to_numpy())
+    grid_delay = grid(outcomes["arr_delay"].astype("float64").to_numpy())
     # cum[:, c] = sum of columns <= c; a snapshot at day T sees days < T, i.e. columns <= T - first
     cum = {name: np.cumsum(g, axis=1) for name, g in (("n", grid_n), ("late", grid_late), ("delay", grid_delay))}
     hi = snap_day - first
+    snap_naive = snapshots.tz_convert("UTC").tz_localize(None).to_numpy()  # datetime64, not Timestamp objects
     out = pd.DataFrame({
         key: np.repeat(uniques.astype(str), len(snap_day)),
-        "event_timestamp": np.tile(snapshots.to_numpy(), len(uniques)),
+        "event_timestamp": pd.DatetimeIndex(np.tile(snap_naive, len(uniques))).tz_localize("UTC"),
     })
     for suffix, w in windows.items():
         lo = np.maximum(hi - w, 0)
@@ -205,23 +225,27 @@ def refresh_feature_tables(settings: Settings, known_until: TimeLike | None = No
     Each table is stamped with when its values became known: weather at the observation hour, the
     delay rates at daily snapshots that only see flights landed before them. `known_until` is the
     (simulated) present: weather observed up to then is included; by default the last landed
-    departure.
+    departure. Nothing is rebuilt when neither the landed parts nor `known_until` changed since the
+    last build (the retrain flow's catch-up after the demo already refreshed).
     """
-    flights = landed_flights(settings, ["flight_id", "origin", "dest", "carrier", "sched_dep"])
-    if flights.empty:
+    marker = features_dir(settings) / ".tables.json"
+    key = {"parts": parts_fingerprint(settings), "known_until": None if known_until is None
+           else to_utc(known_until).isoformat()}
+    built = read_marker(marker)
+    if (built is not None and built.get("key") == key
+            and all((features_dir(settings) / f"{n}.parquet").exists() for n in FEATURE_TABLES)):
+        return {str(k): int(v) for k, v in built["rows"].items()}  # same landed parts, same horizon
+    facts = delay_facts(settings)
+    if facts.sched_min is None or facts.sched_max is None:
         return dict.fromkeys(FEATURE_TABLES, 0)
     created = pd.Timestamp.now(tz="UTC").floor("us")
-    sched = pd.to_datetime(flights["sched_dep"], utc=True)
-    first_day, last = sched.min().floor("D"), sched.max()
+    first_day, last = facts.sched_min.floor("D"), facts.sched_max
     if known_until is not None:
         last = max(last, to_utc(known_until))
     snapshots = pd.date_range(first_day, last.floor("D") + pd.Timedelta(days=1), freq="D", tz="UTC")
-    outcomes = landed_outcomes(settings)
-    outcomes = outcomes[pd.to_datetime(outcomes["landed_at"], utc=True) < snapshots.max()]
-    by_id = flights.set_index("flight_id")
-    outcomes = outcomes[outcomes["flight_id"].isin(by_id.index)]
-    carriers = outcomes["flight_id"].map(by_id["carrier"])
-    routes = outcomes["flight_id"].map(by_id["origin"] + "-" + by_id["dest"])
+    outcomes = facts.outcomes
+    outcomes = outcomes[(utc_times(outcomes["landed_at"]) < snapshots.max()).to_numpy()]
+    carriers, routes = outcomes["carrier"], outcomes["route"]
     tables = {
         "weather": weather_table(last.ceil("h"), created),
         "planes": planes_table(first_day - pd.Timedelta(days=1), created),
@@ -230,7 +254,9 @@ def refresh_feature_tables(settings: Settings, known_until: TimeLike | None = No
     }
     for name, table in tables.items():
         write_parquet_atomic(table, features_dir(settings) / f"{name}.parquet")
-    return {name: len(table) for name, table in tables.items()}
+    rows = {name: len(table) for name, table in tables.items()}
+    write_marker(marker, {"key": key, "rows": rows})
+    return rows
 
 
 # ---------------------------------------------------------------- entity rows
@@ -377,7 +403,7 @@ def labelled_flights(settings: Settings, start: TimeLike, end: TimeLike) -> tupl
     flights = landed_flights(settings, cols)
     if flights.empty:
         return flights, 0
-    sched = pd.to_datetime(flights["sched_dep"], utc=True)
+    sched = utc_times(flights["sched_dep"])
     flights = flights[(sched >= to_utc(start)) & (sched < to_utc(end))]
     outcomes = landed_outcomes(settings)[["flight_id", "arr_delay", "late"]]
     merged = flights.merge(outcomes, on="flight_id", how="left")
@@ -404,7 +430,7 @@ def training_set(
         progress(f"point-in-time join of {len(flights):,} flights through {settings.feature_service}")
     feats = historical_features(store, entity_frame(flights), settings.feature_service)
     frame = flights[["flight_id", "sched_dep", "carrier", "origin", "dest"]].copy()
-    frame["sched_dep"] = pd.to_datetime(frame["sched_dep"], utc=True)
+    frame["sched_dep"] = utc_times(frame["sched_dep"])
     for col in MODEL_FEATURES:
         frame[col] = feats[col].to_numpy()
     frame["late"] = flights["late"].to_numpy()

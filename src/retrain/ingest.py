@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -48,6 +49,7 @@ __all__ = [
     "ingest_frame",
     "ingest_outcomes",
     "landed_flight_ids",
+    "member",
     "read_batch_file",
     "recorded_outcome_ids",
     "replay_until",
@@ -143,8 +145,37 @@ def _landed_batch_ids(session: Session, kind: str) -> list[int]:
     return list(rows)
 
 
-def landed_flight_ids(settings: Settings, sessions: sessionmaker[Session]) -> pd.Series:
-    """Flight ids already landed (index) and the batch that landed each (values).
+_ID_CACHE: dict[tuple[str, str], tuple[list[tuple[str, int, int]], dict[str, int]]] = {}
+
+
+def _part_ids(parts: list[Path], id_column: str, batch_column: str | None) -> Mapping[str, int]:
+    """`id -> batch id` (or -1) over part files, kept per process and extended part by part.
+
+    Parts are immutable once landed, so a day that adds one part to hundreds reads one part; a
+    part whose stat signature changed, or a list that is not an extension of the cached one, is
+    read afresh. The returned mapping is read-only and never changes afterwards.
+    """
+    if not parts:
+        return MappingProxyType({})
+    key = (str(parts[0].parent), f"{id_column}:{batch_column}")
+    signatures = [offline.signature(p) for p in parts]
+    cached = _ID_CACHE.get(key)
+    start, ids = (len(cached[0]), dict(cached[1])) if cached and signatures[:len(cached[0])] == cached[0] else (0, {})
+    if start < len(parts) or cached is None:
+        columns = [id_column] + ([batch_column] if batch_column else [])
+        frame = offline.read_parts(parts[start:], columns, cache=False)
+        if frame is not None:
+            values = frame[id_column].to_numpy(dtype=object)
+            batches = frame[batch_column].to_numpy(dtype="int64") if batch_column else np.full(len(frame), -1)
+            ids.update(zip(values.tolist(), batches.tolist(), strict=True))
+        _ID_CACHE[key] = (signatures, ids)
+    else:
+        ids = cached[1]
+    return MappingProxyType(ids)
+
+
+def landed_flight_ids(settings: Settings, sessions: sessionmaker[Session]) -> Mapping[str, int]:
+    """Flight ids already landed, each mapped to the batch that landed it.
 
     Only parts of batches the database records as landed count, so a part orphaned by a crash
     between rename and commit is never mistaken for ingested data. Reads two columns only.
@@ -152,20 +183,22 @@ def landed_flight_ids(settings: Settings, sessions: sessionmaker[Session]) -> pd
     with sessions() as session:
         ids = _landed_batch_ids(session, "flights")
     parts = [offline.part_path(settings, offline.FLIGHTS, i) for i in ids]
-    frame = offline.read_parts(parts, ["flight_id", "batch_id"])
-    if frame is None:
-        return pd.Series([], index=pd.Index([], dtype=object), dtype="int64")
-    return pd.Series(frame["batch_id"].to_numpy(), index=pd.Index(frame["flight_id"].to_numpy(dtype=object)))
+    return _part_ids(parts, "flight_id", "batch_id")
 
 
-def recorded_outcome_ids(settings: Settings, sessions: sessionmaker[Session]) -> pd.Index:
-    """Flight ids whose outcome is already recorded in the offline store."""
+def recorded_outcome_ids(settings: Settings, sessions: sessionmaker[Session]) -> Mapping[str, int]:
+    """Flight ids whose outcome is already recorded in the offline store (values are -1)."""
     with sessions() as session:
         flight_batches = _landed_batch_ids(session, "flights")
         outcome_batches = _landed_batch_ids(session, "outcomes")
     parts = [offline.part_path(settings, offline.OUTCOMES, i) for i in sorted(flight_batches + outcome_batches)]
-    frame = offline.read_parts([p for p in parts if p.exists()], ["flight_id"])
-    return pd.Index([] if frame is None else frame["flight_id"].to_numpy(dtype=object))
+    return _part_ids([p for p in parts if p.exists()], "flight_id", None)
+
+
+def member(ids: pd.Series | np.ndarray, known: Mapping[str, int]) -> np.ndarray:
+    """Boolean array: which of `ids` are keys of `known` (no hash table of `known` is rebuilt)."""
+    values = ids.to_numpy(dtype=object) if isinstance(ids, pd.Series) else ids
+    return np.fromiter((v in known for v in values), dtype=bool, count=len(values))
 
 
 def _earlier_landed(session: Session, kind: str, digest: str) -> IngestionBatch | None:
@@ -552,7 +585,7 @@ def _utc_or_nat(values: pd.Series) -> pd.Series:
 
 
 def _validate_outcomes(
-    df: pd.DataFrame, landed: pd.Series, recorded: pd.Index
+    df: pd.DataFrame, landed: Mapping[str, int], recorded: Mapping[str, int]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Outcome rows in order of rules: presence/type, range, known flight, not yet recorded."""
     raw = df.reset_index(drop=True)
@@ -562,7 +595,7 @@ def _validate_outcomes(
     landed_at = _utc_or_nat(raw["landed_at"])
     delay = pd.to_numeric(raw["arr_delay"], errors="coerce").astype("float64")
     lo, hi = DELAY_RANGE
-    known = pd.Index(landed.index).get_indexer(fid.to_numpy()) >= 0
+    known = member(fid.to_numpy(), landed)
     checks: list[tuple[str, str, str, np.ndarray, pd.Series]] = [
         ("flight_id", "not_null", "must not be null", fid.isna().to_numpy(), raw["flight_id"]),
         ("sched_dep", "type", "must be a timestamp", sched.isna().to_numpy(), raw["sched_dep"]),
@@ -586,7 +619,7 @@ def _validate_outcomes(
     ids_ok = fid.to_numpy()[ok]
     first_pos = pd.Series(ok).groupby(ids_ok, sort=False).transform("min").to_numpy()
     again = first_pos != ok
-    stored = pd.Index(ids_ok).isin(recorded) & ~again
+    stored = member(ids_ok, recorded) & ~again
     for mask, text in ((again, "duplicate of row {p} in this batch"), (stored, "outcome already recorded")):
         rows = ok[mask]
         first[rows] = 1
@@ -667,6 +700,7 @@ def ingest_outcomes(
 
 
 REPLAY_SOURCE = "replay:"
+REPLAY_MARK = "replay_watermark.json"  # {"until", "last_batch"}: how far the replay got, and the batch state then
 
 
 def last_landed_sched_dep(sessions: sessionmaker[Session], *, replay_only: bool = False) -> datetime | None:
@@ -690,16 +724,25 @@ def replay_until(
     not at the latest departure of any batch: a file that covered part of a day must not hide the
     rest of that day from the replay. Flights already landed (by any batch) and outcomes already
     recorded are skipped, so a second call with the same `until` adds nothing and creates no batch.
+    A call for a time the replay already reached, with no batch landed since, returns at once
+    without loading the 2013 data (RETRAIN_HOME/replay_watermark.json holds that watermark).
     """
     say = progress or (lambda _s: None)
     until_ts = data.to_utc(until)
+    mark_path = settings.home / REPLAY_MARK
+    mark = offline.read_marker(mark_path)
+    landed_state = _last_landed_batch(session_factory)
+    if mark is not None and mark.get("last_batch") == landed_state and data.to_utc(mark["until"]) >= until_ts:
+        say(f"replay already reached {mark['until']} and nothing landed since: nothing to do")
+        return ReplayResult(until=until_ts.to_pydatetime(), since=last_landed_sched_dep(session_factory,
+                                                                                       replay_only=True))
     if clock is None:
         say("loading the 2013 flights for the replay clock")
         clock = data.ReplayClock()
     since = last_landed_sched_dep(session_factory, replay_only=True)
     released = clock.flights_between(since, until_ts.to_pydatetime())
     landed = landed_flight_ids(settings, session_factory)
-    fresh = released[~released["flight_id"].isin(landed.index)]
+    fresh = released[~member(released["flight_id"], landed)]
     result = ReplayResult(until=until_ts.to_pydatetime(), since=since, released=len(fresh))
     label = until_ts.isoformat()
     if len(fresh):
@@ -709,9 +752,16 @@ def replay_until(
     say("collecting matured outcomes")
     matured = clock.outcomes_between(None, until_ts.to_pydatetime(), settings.delay_threshold_minutes)
     recorded = recorded_outcome_ids(settings, session_factory)
-    todo = matured[matured["flight_id"].isin(landed.index) & ~matured["flight_id"].isin(recorded)]
+    todo = matured[member(matured["flight_id"], landed) & ~member(matured["flight_id"], recorded)]
     if len(todo):
         say(f"recording {len(todo):,} matured outcomes")
         result.outcome_batch = ingest_outcomes(todo[list(OUTCOME_INPUT_COLUMNS)], settings=settings,
                                                sessions=session_factory, source=f"replay-outcomes:{label}")
+    offline.write_marker(mark_path, {"until": until_ts.isoformat(), "last_batch": _last_landed_batch(session_factory)})
     return result
+
+
+def _last_landed_batch(sessions: sessionmaker[Session]) -> int | None:
+    """Id of the newest landed batch: the replay watermark is valid only while this is unchanged."""
+    with sessions() as session:
+        return session.scalar(select(func.max(IngestionBatch.id)).where(IngestionBatch.status == "landed"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -465,11 +466,11 @@ def _safe_flight_ids(frame: pd.DataFrame) -> pd.Series:
 
 
 def validate(
-    df: pd.DataFrame, *, landed: pd.Series | None = None, coerced: Coerced | None = None
+    df: pd.DataFrame, *, landed: Mapping[str, int] | pd.Series | None = None, coerced: Coerced | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a batch into valid rows and quarantined rows (pure: no I/O).
 
-    `landed` maps already-ingested flight ids (index) to their batch id (values); such flights are
+    `landed` maps already-ingested flight ids to their batch id (a mapping or a Series); such flights are
     quarantined as duplicates. Returns `(valid, quarantine)`: `valid` has the contract columns in
     canonical dtypes plus `row_number` (0-based position in `df`) and `flight_id`; `quarantine` has
     `row_number`, `flight_id`, `field`, `rule`, `reason` and the received columns as received.
@@ -511,11 +512,11 @@ def validate(
             for p, v in zip(first_pos[in_batch], pid[in_batch], strict=True)
         ]
         if landed is not None and len(landed):
-            index = pd.Index(landed.index)
-            hit = index.get_indexer(pid)
+            known = landed.to_dict() if isinstance(landed, pd.Series) else landed
+            hit = np.fromiter((known.get(v, -1) for v in pid), dtype="int64", count=len(pid))
             stored = (hit >= 0) & ~in_batch
             first[pos[stored]] = dup_rule
-            batch_of = landed.to_numpy()[hit[stored]]
+            batch_of = hit[stored]
             dup_text[pos[stored]] = [
                 f"flight_id: already ingested in batch {int(b)} (got {v!r})"
                 for b, v in zip(batch_of, pid[stored], strict=True)
