@@ -68,6 +68,10 @@ def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
     # LightGBM's OpenMP threads spin-wait by default: on a shared 2-core machine a fit took 15.7 s
     # with 2 spinning threads vs 4.8 s with PASSIVE waiting (bench/loop.py).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Feast decorates its classes with typeguard's @typechecked, which re-parses and recompiles
+    # their source on every import (~5 s of a flow run's or the service's start-up); -O turns it
+    # off. Definitions were type-checked when `feast apply` registered them.
+    env.setdefault("PYTHONOPTIMIZE", "1")
     env.update(extra or {})
     return env
 
