@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
@@ -279,8 +280,10 @@ def timed(state: DemoState, key: str) -> Iterator[None]:
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    """Feast prints a progress line per view and day; the demo shows its own progress instead."""
-    with open(os.devnull, "w") as sink, redirect_stdout(sink):
+    """Feast prints a progress line per view and day, and ibis a DeprecationWarning per query; the
+    demo shows its own progress instead."""
+    with open(os.devnull, "w") as sink, redirect_stdout(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         yield
 
 

@@ -223,11 +223,11 @@ def evaluate_version(
     """Score challenger `version` and the champion on one fresh window, decide, record, maybe act.
 
     `act=True` promotes on a promote decision (bento build first, unless `build_bento` is False;
-    None means `settings.retrain_build_bento`; see `retrain.promotion`).
+    None means `settings.retrain_build_bento`; see `retrain.promotion`). The build starts in the
+    background as soon as the window checks pass, and is cancelled unless the promotion uses it.
     """
-    from retrain import promotion, reports
+    from retrain import promotion
 
-    config = GateConfig.from_settings(settings)
     with sessions() as session:
         try:
             challenger = registry.find_version(session, version, settings.model_name)
@@ -240,6 +240,27 @@ def evaluate_version(
     start = _utc(window_from) if window_from is not None else start
     end = _utc(window_to) if window_to is not None else (one_month_after(start) if window_from else end)
     _check_window(challenger, champion, start, end)
+    background: promotion.BackgroundBuild | None = None
+    if act and bento_builder is None and (settings.retrain_build_bento if build_bento is None else build_bento):
+        background = promotion.BackgroundBuild(settings, challenger.bento_model_tag)  # overlaps the scoring
+    try:
+        return _evaluate(settings, sessions, challenger, champion, frame_provider, start, end, act=act,
+                         build_bento=build_bento, bento_builder=background.result if background else bento_builder,
+                         actor=actor, feature_migration=feature_migration, latency_samples=latency_samples,
+                         write_report=write_report, label=label, slice_columns=slice_columns)
+    finally:
+        if background is not None:
+            background.cancel()  # no-op when the promotion claimed the bento
+
+
+def _evaluate(settings: Settings, sessions: sessionmaker[Session], challenger: ModelVersion,
+              champion: ModelVersion | None, frame_provider: FrameProvider, start: datetime, end: datetime, *,
+              act: bool, build_bento: bool | None, bento_builder: BentoBuilder | None, actor: str,
+              feature_migration: str | None, latency_samples: int, write_report: bool, label: str,
+              slice_columns: tuple[str, ...]) -> EvaluationOutcome:
+    from retrain import promotion, reports
+
+    config = GateConfig.from_settings(settings)
     try:
         frame = frame_provider(start, end).frame
     except ValueError as exc:

@@ -346,12 +346,42 @@ def materialize_until(store: FeatureStore, settings: Settings, until: TimeLike) 
         if fresh:
             start = data_start(settings).to_pydatetime()
             store.materialize(start_date=start, end_date=end, feature_views=fresh)
-        if seeded:
-            last = min(v.most_recent_end_time for v in views if v.name in seeded and v.most_recent_end_time)
-            if last is None or to_utc(last) < to_utc(end):
-                store.materialize_incremental(end_date=end, feature_views=seeded)
-        return {"until": end.isoformat(), "seeded": fresh, "incremental": seeded,
-                "seconds": round(time.perf_counter() - t0, 3)}
+        behind = [v for v in views if v.name in seeded and (v.most_recent_end_time is None
+                                                             or to_utc(v.most_recent_end_time) < to_utc(end))]
+        # a view whose table holds nothing after its last materialized end has nothing to load
+        # (incremental runs only read rows stamped after that end); e.g. the static planes table
+        stale = []
+        for view in behind:
+            newest = _newest_row(view)
+            if newest is None or view.most_recent_end_time is None or newest > to_utc(view.most_recent_end_time):
+                stale.append(view.name)
+        if stale:
+            store.materialize_incremental(end_date=end, feature_views=stale)
+        return {"until": end.isoformat(), "seeded": fresh, "incremental": stale,
+                "up_to_date": sorted(set(seeded) - set(stale)), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _newest_row(view: Any) -> pd.Timestamp | None:
+    """Newest event timestamp in a view's parquet source, from the footer statistics (None: unknown)."""
+    import pyarrow.parquet as pq
+
+    source = getattr(view, "batch_source", None)
+    path, field = getattr(source, "path", None), getattr(source, "timestamp_field", None)
+    if not path or not field or not Path(path).is_file():
+        return None
+    meta = pq.ParquetFile(path).metadata
+    try:
+        col = meta.schema.names.index(field)
+    except ValueError:
+        return None
+    newest: pd.Timestamp | None = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        value = to_utc(stats.max)
+        newest = value if newest is None else max(newest, value)
+    return newest
 
 
 def data_start(settings: Settings) -> pd.Timestamp:

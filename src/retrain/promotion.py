@@ -2,6 +2,8 @@
 
 The bento is built *before* the alias moves, so a failed build leaves the champion as it was; a
 bento built for a move that then fails (e.g. the champion changed meanwhile) is deleted again.
+An evaluation that may promote starts the build in the background while it scores (`BackgroundBuild`),
+so the build is mostly off the alert-to-new-model path; a rejection cancels it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from retrain.events import EVENT_PROMOTED, EVENT_REJECTED
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENT_PROMOTED", "EVENT_REJECTED", "BentoBuildError", "PromotionResult", "build_bento",
+__all__ = ["EVENT_PROMOTED", "EVENT_REJECTED", "BackgroundBuild", "BentoBuildError", "PromotionResult", "build_bento",
            "emit_decision", "promote_version"]
 
 BENTOFILE = REPO_ROOT / "bentos" / "flight_delay" / "bentofile.yaml"
@@ -44,24 +46,76 @@ class PromotionResult:
         return dict(self.__dict__)
 
 
-def build_bento(settings: Settings, model_tag: str, *, timeout: float = 900.0) -> str:
-    """`bentoml build` from the repo root with the model tag baked in; returns the bento tag."""
+def _build_command(settings: Settings, model_tag: str) -> tuple[list[str], dict[str, str]]:
     from retrain.modelstore import use_store
 
     home = use_store(settings)
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
     cmd = [sys.executable, "-m", "bentoml", "build", "-f", str(BENTOFILE), "--arg", f"model_tag={model_tag}",
            "--output", "tag", str(REPO_ROOT)]
+    return cmd, env
+
+
+def _built_tag(model_tag: str, returncode: int, stdout: str, stderr: str) -> str:
+    tags = [line.split("__tag__:", 1)[1].strip() for line in stdout.splitlines() if "__tag__:" in line]
+    if returncode != 0 or not tags:
+        tail = "\n".join((stderr or stdout).strip().splitlines()[-15:])
+        raise BentoBuildError(f"bentoml build for {model_tag} failed (exit {returncode}):\n{tail}")
+    return tags[-1]
+
+
+def build_bento(settings: Settings, model_tag: str, *, timeout: float = 900.0) -> str:
+    """`bentoml build` from the repo root with the model tag baked in; returns the bento tag."""
+    cmd, env = _build_command(settings, model_tag)
     try:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
                               check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BentoBuildError(f"bentoml build for {model_tag} did not finish: {exc}") from exc
-    tags = [line.split("__tag__:", 1)[1].strip() for line in proc.stdout.splitlines() if "__tag__:" in line]
-    if proc.returncode != 0 or not tags:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise BentoBuildError(f"bentoml build for {model_tag} failed (exit {proc.returncode}):\n{tail}")
-    return tags[-1]
+    return _built_tag(model_tag, proc.returncode, proc.stdout, proc.stderr)
+
+
+class BackgroundBuild:
+    """`bentoml build` started early in a subprocess, e.g. while the evaluation scores the challenger.
+
+    `result()` waits for the bento tag (the builder `promote_version` calls, so the bento still
+    exists before the alias moves); `cancel()` stops the build or deletes what it built.
+    """
+
+    def __init__(self, settings: Settings, model_tag: str, *, timeout: float = 900.0) -> None:
+        cmd, env = _build_command(settings, model_tag)
+        self.settings, self.model_tag, self.timeout = settings, model_tag, timeout
+        self._proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+        self._tag: str | None = None
+        self._claimed = False
+
+    def result(self, _settings: Settings | None = None, _model_tag: str | None = None) -> str:
+        """The bento tag (raises BentoBuildError); the caller owns the bento from here on."""
+        try:
+            out, err = self._proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired as exc:
+            self._proc.kill()
+            self._proc.communicate()
+            raise BentoBuildError(f"bentoml build for {self.model_tag} did not finish: {exc}") from exc
+        self._tag = _built_tag(self.model_tag, self._proc.returncode, out, err)
+        self._claimed = True
+        return self._tag
+
+    def cancel(self) -> None:
+        """Not needed after all: stop the build, or delete the bento it made (no-op once claimed)."""
+        if self._claimed:
+            return
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.communicate()
+            return
+        out, err = self._proc.communicate()
+        try:
+            tag = _built_tag(self.model_tag, self._proc.returncode, out, err)
+        except BentoBuildError:
+            return
+        delete_bento(self.settings, tag)
 
 
 def delete_bento(settings: Settings, bento_tag: str) -> None:

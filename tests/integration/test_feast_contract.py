@@ -366,3 +366,23 @@ def test_feast_cli_materialize_without_retrain_home_names_it() -> None:
     run = feast_cli("materialize-incremental", "2013-02-10T11:00:00", home=None)
     assert run.returncode != 0
     assert "RETRAIN_HOME" in run.stderr + run.stdout
+
+
+def test_materialize_until_skips_views_with_nothing_newer(feature_home: FeatureHome, tmp_path: Path) -> None:
+    """The static planes table is loaded once; tables with new rows keep being loaded incrementally."""
+    settings = copy_home(feature_home, tmp_path / "skip_home")
+    with feast_env(settings):
+        F.apply_repo(settings)
+        store = F.open_store(settings)
+    first = F.materialize_until(store, settings, ONLINE_AT)
+    assert sorted(first["seeded"]) == ["carrier_stats", "plane_attributes", "route_stats", "weather_hourly"]
+    later = ONLINE_AT + pd.Timedelta(hours=30)
+    second = F.materialize_until(store, settings, later)
+    assert second["up_to_date"] == ["plane_attributes"]
+    assert sorted(second["incremental"]) == ["carrier_stats", "route_stats", "weather_hourly"]
+    fl = feature_home.flights
+    fl = fl[(fl["sched_dep"] >= later - pd.Timedelta(hours=1)) & (fl["sched_dep"] < later)].reset_index(drop=True)
+    online = F.online_features(store, F.service(store), fl)
+    assert len(fl) > 10 and online["plane_seats"].notna().mean() > 0.7  # still served from the seed
+    assert online["carrier_late_rate_7d"].notna().all() and online["temp"].notna().mean() > 0.9
+    assert F.materialize_until(store, settings, later)["incremental"] == []  # nothing left to do

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support.models import Provider, registry_home
 
-from retrain import evaluate, metrics, promotion, registry, reports, train
+from retrain import evaluate, metrics, modelstore, promotion, registry, reports, train
 from retrain.config import Settings
 from retrain.db import Evaluation
 from retrain.evaluate import EvaluationRefused, PromotionFailed, evaluate_version
@@ -325,3 +325,24 @@ def test_promotion_builds_a_bento_pinned_to_the_model(home) -> None:  # type: ig
     assert Path(bento.path).is_relative_to(settings.bentoml_home)
     pinned = [str(m.tag) for svc in bento.info.services for m in svc.models]
     assert pinned == [mv.bento_model_tag]
+
+
+@pytest.mark.slow
+def test_background_build_ships_a_promotion_and_leaves_nothing_after_a_rejection(home) -> None:  # type: ignore[no-untyped-def]
+    """The bento is built while the evaluation scores: kept (and pinned) on promote, deleted on reject."""
+    import bentoml
+
+    settings, sessions, _ = home
+    v1 = _train(home, "2013-01-01", "2013-03-01")
+    first = _evaluate(home, v1, build_bento=True)
+    assert first.promotion is not None and first.promotion.bento_tag
+    assert registry.get_version(sessions, v1).bento_tag == first.promotion.bento_tag
+    modelstore.use_store(settings)
+    bento = bentoml.bentos.get(first.promotion.bento_tag)
+    assert [str(m.tag) for svc in bento.info.services for m in svc.models] == [
+        registry.get_version(sessions, v1).bento_model_tag]
+    twin = _train(home, "2013-01-01", "2013-03-01")
+    out = _evaluate(home, twin, build_bento=True)
+    assert out.decision.decision == "reject" and _champion(home) == v1
+    modelstore.use_store(settings)
+    assert [str(b.tag) for b in bentoml.bentos.list()] == [first.promotion.bento_tag]
