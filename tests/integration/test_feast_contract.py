@@ -386,3 +386,21 @@ def test_materialize_until_skips_views_with_nothing_newer(feature_home: FeatureH
     assert len(fl) > 10 and online["plane_seats"].notna().mean() > 0.7  # still served from the seed
     assert online["carrier_late_rate_7d"].notna().all() and online["temp"].notna().mean() > 0.9
     assert F.materialize_until(store, settings, later)["incremental"] == []  # nothing left to do
+
+
+def test_training_features_equal_feasts_own_on_demand_path(feature_home: FeatureHome, store: FeatureStore) -> None:
+    """`historical_features` computes the request-only on-demand view itself: same cells as Feast's path."""
+    fl = feature_home.flights
+    fl = fl[(fl["sched_dep"] >= pd.Timestamp("2013-02-01", tz="UTC"))
+            & (fl["sched_dep"] < pd.Timestamp("2013-02-03", tz="UTC"))].reset_index(drop=True)
+    entities = F.entity_frame(fl)
+    ours = F.historical_features(store, entities, feature_home.settings.feature_service)
+    fs = F.service(store, feature_home.settings.feature_service)
+    feast_df = store.get_historical_features(entity_df=entities, features=fs).to_df()
+    feast_df = feast_df.set_index("flight_id").reindex(entities["flight_id"]).reset_index()
+    assert len(ours) == len(feast_df) == len(fl) > 1000
+    for col in F.MODEL_FEATURES:
+        theirs = pd.to_numeric(feast_df[col], errors="coerce").astype("float64").to_numpy()
+        np.testing.assert_array_equal(ours[col].to_numpy(), theirs, err_msg=col)
+    assert ours[F.REQUEST_FEATURES].notna().all().all()  # the on-demand columns are really there
+    assert set(ours["dep_hour"]) <= set(range(24)) and set(ours["dep_month"]) == {1, 2}  # New York local time
