@@ -17,6 +17,7 @@ BENCHES: dict[str, list[str]] = {
     "monitor": ["bench/monitor.py", "--rows", "100000", "--repeat", "5"],
     "serve": ["bench/serve.py", "--duration", "20"],
     "loop": ["bench/loop.py"],
+    "day": ["bench/day_step.py"],
     "backtest": ["bench/backtest.py"],
 }
 

@@ -50,7 +50,7 @@ def prefect_env(settings: Settings) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",  # an alert waits at most a second for the worker
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",  # the demo reads deployment results back
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
