@@ -732,8 +732,9 @@ def replay_until(
     mark_path = settings.home / REPLAY_MARK
     mark = offline.read_marker(mark_path)
     landed_state = _last_landed_batch(session_factory)
-    if mark is not None and mark.get("last_batch") == landed_state and data.to_utc(mark["until"]) >= until_ts:
-        say(f"replay already reached {mark['until']} and nothing landed since: nothing to do")
+    reached = data.to_utc(mark["until"]) if mark is not None and mark.get("last_batch") == landed_state else None
+    if reached is not None and reached >= until_ts:
+        say(f"replay already reached {reached.isoformat()} and nothing landed since: nothing to do")
         return ReplayResult(until=until_ts.to_pydatetime(), since=last_landed_sched_dep(session_factory,
                                                                                        replay_only=True))
     if clock is None:
@@ -750,7 +751,10 @@ def replay_until(
                                       source=f"{REPLAY_SOURCE}{label}", progress=progress)
         landed = landed_flight_ids(settings, session_factory)
     say("collecting matured outcomes")
-    matured = clock.outcomes_between(None, until_ts.to_pydatetime(), settings.delay_threshold_minutes)
+    # With a valid watermark every outcome that matured before it is already recorded (or its flight
+    # never landed), and flights landed now depart after it: only the outcomes since matter.
+    matured = clock.outcomes_between(reached.to_pydatetime() if reached is not None else None,
+                                     until_ts.to_pydatetime(), settings.delay_threshold_minutes)
     recorded = recorded_outcome_ids(settings, session_factory)
     todo = matured[member(matured["flight_id"], landed) & ~member(matured["flight_id"], recorded)]
     if len(todo):
