@@ -74,7 +74,7 @@ def delay_facts(settings: Settings) -> DelayFacts:
         if frames:
             _match(state, pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
     state.flight_sigs, state.outcome_sigs = fsigs, osigs
-    _STATE[key] = state
+    offline.remember(_STATE, key, state, entries=4)
     return state
 
 

@@ -168,7 +168,7 @@ def _part_ids(parts: list[Path], id_column: str, batch_column: str | None) -> Ma
             values = frame[id_column].to_numpy(dtype=object)
             batches = frame[batch_column].to_numpy(dtype="int64") if batch_column else np.full(len(frame), -1)
             ids.update(zip(values.tolist(), batches.tolist(), strict=True))
-        _ID_CACHE[key] = (signatures, ids)
+        offline.remember(_ID_CACHE, key, (signatures, ids))
     else:
         ids = cached[1]
     return MappingProxyType(ids)

@@ -18,12 +18,11 @@ import hashlib
 import json
 import os
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -77,8 +76,9 @@ class _Cached:
     frame: pd.DataFrame
 
 
-_CACHE: OrderedDict[tuple[str, tuple[str, ...] | None], _Cached] = OrderedDict()
-_CACHE_ENTRIES = 8
+_CACHE: dict[tuple[str, tuple[str, ...] | None], _Cached] = {}
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def signature(path: Path) -> tuple[str, int, int]:
@@ -122,11 +122,16 @@ def read_parts(
         dataset = ds.dataset([s[0] for s in signatures], format="parquet")
         table = dataset.to_table(columns=list(cols) if cols is not None else None)
         cached = _Cached(signatures, dataset.schema, table.to_pandas())
-    _CACHE[key] = cached
-    _CACHE.move_to_end(key)
-    while len(_CACHE) > _CACHE_ENTRIES:
-        _CACHE.popitem(last=False)
+    remember(_CACHE, key, cached)
     return cached.frame.copy()
+
+
+def remember(cache: dict[K, V], key: K, value: V, entries: int = 8) -> None:
+    """Store `value` as the newest entry of a small per-process cache, dropping the oldest beyond `entries`."""
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > entries:
+        del cache[next(iter(cache))]
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
