@@ -17,7 +17,7 @@ from retrain import clock
 from retrain.config import get_settings
 from retrain.evaluate import evaluate_version
 from retrain.events import AlertPayload
-from retrain.features import materialize_until, open_store, refresh_feature_tables
+from retrain.features import materialize_until, refresh_feature_tables, shared_store
 from retrain.ingest import replay_until
 from retrain.reconcile import reconcile_cancelled
 from retrain.registry import open_registry
@@ -35,7 +35,7 @@ def catch_up_task(now: datetime) -> dict[str, Any]:
     if clock.simulated(settings):
         done["replay"] = replay_until(settings, open_registry(settings), now).counts()
         done["tables"] = refresh_feature_tables(settings, now)
-    done["materialize"] = materialize_until(open_store(settings), settings, now)
+    done["materialize"] = materialize_until(shared_store(settings), settings, now)
     return done
 
 
@@ -43,14 +43,15 @@ def catch_up_task(now: datetime) -> dict[str, Any]:
 def train_task(start: datetime, end: datetime) -> str:
     """Train a challenger on [start, end); returns its version."""
     settings = get_settings()
-    return train_version(settings, open_registry(settings), feast_frame_provider(settings), start, end).version
+    provider = feast_frame_provider(settings, shared=True)
+    return train_version(settings, open_registry(settings), provider, start, end).version
 
 
 @task(cache_policy=NONE)
 def evaluate_task(version: str, start: datetime, end: datetime) -> Any:
     """Champion vs challenger on [start, end); promotes on a pass (bento build first)."""
     settings = get_settings()
-    return evaluate_version(settings, open_registry(settings), version, feast_frame_provider(settings),
+    return evaluate_version(settings, open_registry(settings), version, feast_frame_provider(settings, shared=True),
                             window_from=start, window_to=end, act=True, build_bento=settings.retrain_build_bento,
                             actor="flow:retrain")
 

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
     serve_max_batch: int = 1000
-    serve_follow_seconds: float = 1.0
+    serve_follow_seconds: float = 0.5
     api_key: str | None = None
     # --- serving internals (src/retrain/serving.py, follow.py, predlog.py) ----------------------
     serve_workers: int = Field(default=1, ge=1, description="BentoML worker processes; each follows the champion.")

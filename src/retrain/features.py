@@ -27,7 +27,15 @@ import pandas as pd
 from retrain.config import Settings
 from retrain.data import TimeLike, load_planes, load_weather, to_utc, utc_times
 from retrain.delay_facts import delay_facts
-from retrain.offline import file_lock, parts_fingerprint, read_marker, read_table, write_marker, write_parquet_atomic
+from retrain.offline import (
+    file_lock,
+    parts_fingerprint,
+    read_marker,
+    read_table,
+    remember,
+    write_marker,
+    write_parquet_atomic,
+)
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -299,9 +307,32 @@ def open_store(settings: Settings) -> FeatureStore:
     return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=settings.feature_store_yaml)
 
 
+_SHARED: dict[tuple[str, ...], FeatureStore] = {}
+
+
+def shared_store(settings: Settings) -> FeatureStore:
+    """One FeatureStore per process and Feast configuration, for the tasks of one flow run.
+
+    Opening a store parses the YAML and loads the registry (~0.4 s); the retrain flow's catch-up,
+    training and evaluation each needed one. `apply_repo` drops the shared store it may make stale.
+    """
+    key = _store_key(settings)
+    store = _SHARED.get(key)
+    if store is None:
+        store = open_store(settings)
+        remember(_SHARED, key, store, entries=2)
+    return store
+
+
+def _store_key(settings: Settings) -> tuple[str, ...]:
+    env = [f"{k}={v}" for k, v in sorted(settings.feast_env().items())]
+    return (str(settings.feature_repo), str(settings.feature_store_yaml), *env)
+
+
 def apply_repo(settings: Settings) -> None:
     """`feast apply` in-process: register the definitions of `feature_repo/` (tables must exist)."""
     settings.export_env()
+    _SHARED.pop(_store_key(settings), None)
     missing = [n for n in FEATURE_TABLES if not (features_dir(settings) / f"{n}.parquet").exists()]
     if missing:
         raise RuntimeError(f"feature tables missing under {features_dir(settings)}: {missing}; ingest first")

@@ -293,11 +293,14 @@ class TrainedVersion:
         }
 
 
-def feast_frame_provider(settings: Settings) -> FrameProvider:
-    """Training sets through the feature service (`features.training_set`), one store per provider."""
+def feast_frame_provider(settings: Settings, *, shared: bool = False) -> FrameProvider:
+    """Training sets through the feature service (`features.training_set`).
+
+    One store per provider, or with `shared` the process's shared store (`features.shared_store`).
+    """
     from retrain import features
 
-    store = features.open_store(settings)
+    store = features.shared_store(settings) if shared else features.open_store(settings)
 
     def provide(start: datetime, end: datetime) -> TrainingSetLike:
         return features.training_set(store, settings, start, end)

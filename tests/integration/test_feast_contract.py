@@ -404,3 +404,16 @@ def test_training_features_equal_feasts_own_on_demand_path(feature_home: Feature
         np.testing.assert_array_equal(ours[col].to_numpy(), theirs, err_msg=col)
     assert ours[F.REQUEST_FEATURES].notna().all().all()  # the on-demand columns are really there
     assert set(ours["dep_hour"]) <= set(range(24)) and set(ours["dep_month"]) == {1, 2}  # New York local time
+
+
+def test_shared_store_is_one_per_process_until_the_repo_is_applied(feature_home: FeatureHome, tmp_path: Path) -> None:
+    settings = copy_home(feature_home, tmp_path / "shared_home")
+    with feast_env(settings):
+        F.apply_repo(settings)
+        first = F.shared_store(settings)
+        assert F.shared_store(settings) is first  # catch-up, training and evaluation share it
+        F.apply_repo(settings)
+        again = F.shared_store(settings)
+    assert again is not first
+    assert {v.name for v in again.list_feature_views()} == {"weather_hourly", "plane_attributes", "carrier_stats",
+                                                            "route_stats"}
