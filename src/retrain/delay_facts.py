@@ -50,10 +50,6 @@ class DelayFacts:
 _STATE: dict[str, DelayFacts] = {}
 
 
-def _extends(new: list[tuple[str, int, int]], old: list[tuple[str, int, int]]) -> bool:
-    return new[: len(old)] == old
-
-
 def delay_facts(settings: Settings) -> DelayFacts:
     """The joined outcome facts for `settings.offline_dir`, reading only parts not seen before."""
     fparts = offline.all_parts(settings, offline.FLIGHTS)
@@ -62,7 +58,7 @@ def delay_facts(settings: Settings) -> DelayFacts:
     osigs = [offline.signature(p) for p in oparts]
     key = str(settings.offline_dir)
     state = _STATE.get(key)
-    if state is None or not (_extends(fsigs, state.flight_sigs) and _extends(osigs, state.outcome_sigs)):
+    if state is None or not (offline.extends(fsigs, state.flight_sigs) and offline.extends(osigs, state.outcome_sigs)):
         state = DelayFacts()
     new_flights: list[Path] = fparts[len(state.flight_sigs):]
     new_outcomes: list[Path] = oparts[len(state.outcome_sigs):]

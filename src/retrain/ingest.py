@@ -160,7 +160,7 @@ def _part_ids(parts: list[Path], id_column: str, batch_column: str | None) -> Ma
     key = (str(parts[0].parent), f"{id_column}:{batch_column}")
     signatures = [offline.signature(p) for p in parts]
     cached = _ID_CACHE.get(key)
-    start, ids = (len(cached[0]), dict(cached[1])) if cached and signatures[:len(cached[0])] == cached[0] else (0, {})
+    start, ids = (len(cached[0]), dict(cached[1])) if cached and offline.extends(signatures, cached[0]) else (0, {})
     if start < len(parts) or cached is None:
         columns = [id_column] + ([batch_column] if batch_column else [])
         frame = offline.read_parts(parts[start:], columns, cache=False)

@@ -87,6 +87,14 @@ def signature(path: Path) -> tuple[str, int, int]:
     return str(path), st.st_mtime_ns, st.st_size
 
 
+Signature = tuple[str, int, int]
+
+
+def extends(new: Sequence[Signature], old: Sequence[Signature]) -> bool:
+    """True when the part list `new` is `old` (unchanged) plus parts after it: read only the rest."""
+    return list(new[: len(old)]) == list(old)
+
+
 def read_parts(
     paths: Sequence[Path], columns: Sequence[str] | None = None, *, cache: bool = True
 ) -> pd.DataFrame | None:
@@ -111,7 +119,7 @@ def read_parts(
     key = (str(Path(paths[0]).parent), cols)
     signatures = [signature(Path(p)) for p in paths]
     cached = _CACHE.get(key)
-    if cached is not None and signatures[: len(cached.signatures)] == cached.signatures:
+    if cached is not None and extends(signatures, cached.signatures):
         new = [s[0] for s in signatures[len(cached.signatures):]]
         if new:
             table = ds.dataset(new, format="parquet", schema=cached.schema).to_table(
