@@ -106,7 +106,8 @@ def register_demo(app: typer.Typer) -> None:
                 out.add_row(str(row.month), f"{row.flights:,}", f"{row.late_rate:.1%}", f"{row.auc_served:.4f}",
                             f"{row.auc_never_retrained:.4f}", str(row.alerts), str(row.retrains),
                             str(row.promotions), str(row.versions))
-            console.print(out, width=max(console.width, 140))  # a pipe reports 80 columns: never truncate
+            # a pipe reports 80 columns and rich truncates cells to fit: print the table at full width
+            Console(stderr=True, width=max(console.width, 140)).print(out)
             if len(table):
                 served, never = table["auc_served"].mean(), table["auc_never_retrained"].mean()
                 better = int((table["auc_served"] > table["auc_never_retrained"]).sum())
