@@ -6,7 +6,7 @@ decides whether this run does any work, and every skip is recorded with its reas
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -19,7 +19,7 @@ from retrain.evaluate import evaluate_version
 from retrain.events import AlertPayload
 from retrain.features import materialize_until, refresh_feature_tables, shared_store
 from retrain.ingest import replay_until
-from retrain.reconcile import reconcile_cancelled
+from retrain.reconcile import covering_retrain, reconcile_cancelled
 from retrain.registry import open_registry
 from retrain.retraining import run_retrain
 from retrain.train import feast_frame_provider, train_version
@@ -66,7 +66,8 @@ def reconcile_task() -> dict[str, Any]:
 @flow(name="retrain", log_prints=True)
 def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric: Scalar = "", value: Scalar = "",
                  threshold: Scalar = "", window_from: Scalar = "", window_to: Scalar = "", dedupe_key: Scalar = "",
-                 reason: Scalar = "", source: Scalar = "event", event_id: Scalar = "") -> dict[str, Any]:
+                 reason: Scalar = "", source: Scalar = "event", event_id: Scalar = "",
+                 raised_at: Scalar = "") -> dict[str, Any]:
     """Ledger-guarded retrain for one alert: catch up, train, shadow, evaluate, promote or reject.
 
     Payload fields are rendered from the event as JSON values (a number stays a number), so each
@@ -79,15 +80,34 @@ def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric:
         "dedupe_key": "" if dedupe_key is None else str(dedupe_key),
         "reason": str(reason or ""), "source": str(source or "event"), "model": model_name or settings.model_name,
     })
-    report = run_retrain(
-        settings, open_registry(settings), payload, clock.now(settings),
-        train=lambda a, b: train_task(a, b), evaluate=lambda v, a, b: evaluate_task(v, a, b),
-        catch_up=lambda now: catch_up_task(now), flow_run_id=str(flow_run.get_id() or ""),
-    )
     logger = get_run_logger()
+    run_id = str(flow_run.get_id() or "")
+    sessions = open_registry(settings)
+    try:
+        covered = covering_retrain(sessions, run_id, _when(raised_at))
+    except Exception as exc:  # the check only prevents a redundant retrain; never block one on it
+        logger.warning("could not check for a retrain that already covers this alert: %s", exc)
+        covered = None
+    report = run_retrain(
+        settings, sessions, payload, clock.now(settings),
+        train=lambda a, b: train_task(a, b), evaluate=lambda v, a, b: evaluate_task(v, a, b),
+        catch_up=lambda now: catch_up_task(now), flow_run_id=run_id, covered_by=covered,
+    )
     logger.info("alert %s (%s, event %s): %s", report.alert_id, report.outcome, event_id or "-", report.detail)
     reconciled = reconcile_task(return_state=True)  # a failure here must not fail the retrain
     if reconciled.is_completed():
         return {**report.as_json(), "reconcile": reconciled.result()}
     logger.warning("recording cancelled retrain runs failed: %s", reconciled.message)
     return report.as_json()
+
+
+def _when(value: Scalar) -> datetime | None:
+    """The server's receive time of the triggering event, as rendered into the parameters (or None)."""
+    if value in (None, ""):
+        return None
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+

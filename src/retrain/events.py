@@ -406,8 +406,12 @@ def admit(
     *,
     model_name: str | None = None,
     flow_run_id: str | None = None,
+    covered_by: str | None = None,
 ) -> LedgerDecision:
     """Decide (and record) whether this alert starts a retrain.
+
+    `covered_by` says that a retrain which started after this alert was raised already answered it
+    (`reconcile.covering_retrain`); such an alert is "deduplicated" with that reason.
 
     Order: resolved alerts never run; a key already admitted is "deduplicated"; within
     `retrain_cooldown_hours` after the latest promotion (`promotions.action == "promote"`, compared
@@ -428,6 +432,8 @@ def admit(
     blocked = blocked_by(sessions, settings, payload, now, model_name=model)
     if blocked is not None:
         return skip(*blocked)
+    if covered_by:
+        return skip("deduplicated", covered_by)
     detail = "admitted: retrain starts"
     try:
         row = record_alert(sessions, payload, model_name=model, dedupe_key=key, outcome="run",

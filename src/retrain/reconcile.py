@@ -191,3 +191,58 @@ def reconcile_cancelled(
     else:
         runs = cancelled_retrain_runs(client, deployment_name=deployment_name, limit=limit)
     return record_cancelled(settings, sessions, runs, now, as_of=as_of)
+
+
+def covering_retrain(
+    sessions: sessionmaker[Session], flow_run_id: str, raised_at: datetime | None, *,
+    client: SyncPrefectClient | None = None, deployment_name: str = RETRAIN_DEPLOYMENT,
+) -> str | None:
+    """Why this run's alert is already answered, or None: an admitted retrain started after it was raised.
+
+    A retrain trains on everything landed when it starts, so it answers every alert raised before
+    that. In an alert storm with distinct dedupe keys, a run that only got the deployment's slot
+    after the first retrain finished would otherwise start a second retrain for the same evidence.
+    `raised_at` is when the Prefect server received the event (wall clock); None falls back to when
+    this flow run was created. Only retrain runs the ledger admitted ("run") count: a failed one
+    freed its key and answers nothing.
+    """
+    if not flow_run_id:
+        return None
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
+
+    def read(c: SyncPrefectClient) -> tuple[datetime | None, list[Any]]:
+        since = raised_at or c.read_flow_run(UUID(flow_run_id)).created
+        if since is None:
+            return None, []
+        runs = c.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name])),
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)), limit=50)
+        return since, runs
+
+    if client is None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as own:
+            since, runs = read(own)
+    else:
+        since, runs = read(client)
+    started = {str(r.id): r for r in runs
+               if str(r.id) != flow_run_id and r.start_time is not None and since is not None and r.start_time >= since}
+    if not started:
+        return None
+    with sessions() as session:
+        row = session.scalars(select(Alert).where(Alert.flow_run_id.in_(list(started)), Alert.outcome == "run")
+                              .order_by(Alert.id).limit(1)).first()
+    if row is None or since is None:
+        return None
+    run = started[str(row.flow_run_id)]
+    return (f"covered by the retrain of alert {row.id} (flow run {run.name}), which started at "
+            f"{run.start_time.isoformat()}, after this alert was raised at {since.isoformat()}")
+

@@ -77,6 +77,7 @@ def run_retrain(
     catch_up: Callable[[datetime], Any] | None = None,
     flow_run_id: str | None = None,
     actor: str = "flow:retrain",
+    covered_by: str | None = None,
 ) -> RetrainReport:
     """Admit the alert through the ledger, then train a challenger, shadow it, evaluate and decide.
 
@@ -85,7 +86,8 @@ def run_retrain(
     champion is untouched because promotion only happens inside a passing evaluation.
     """
     model = payload.model or settings.model_name
-    decision = events.admit(sessions, settings, payload, now, model_name=model, flow_run_id=flow_run_id)
+    decision = events.admit(sessions, settings, payload, now, model_name=model, flow_run_id=flow_run_id,
+                            covered_by=covered_by)
     report = RetrainReport(decision.alert_id, decision.run, decision.outcome, decision.detail, decision.dedupe_key)
     if not decision.run:
         log.info("alert %d not run: %s", decision.alert_id, decision.detail)

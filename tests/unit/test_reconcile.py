@@ -103,3 +103,55 @@ def test_no_runs_is_a_no_op(home: tuple[Settings, Any]) -> None:
     settings, sessions = home
     result = record_cancelled(settings, sessions, [], NOW)
     assert (result.seen, result.recorded, result.already) == (0, [], 0) and rows(sessions) == []
+
+
+class FakeRuns:
+    """The two Prefect client reads `covering_retrain` makes, over a fixed list of flow runs."""
+
+    def __init__(self, runs: list[Any], created: datetime) -> None:
+        self.runs, self.created = runs, created
+        self.asked: list[Any] = []
+
+    def read_flow_run(self, _run_id: Any) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(created=self.created)
+
+    def read_flow_runs(self, **kw: Any) -> list[Any]:
+        self.asked.append(kw)
+        after = kw["flow_run_filter"].start_time.after_
+        return [r for r in self.runs if r.start_time is not None and r.start_time >= after]
+
+
+def flow_run(run_id: str, start: datetime | None) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=run_id, name=f"name-{run_id}", start_time=start)
+
+
+def test_a_storm_straggler_is_covered_by_the_retrain_that_started_after_it(home: tuple[Settings, Any]) -> None:
+    from retrain.reconcile import covering_retrain
+
+    settings, sessions = home
+    t0 = datetime(2026, 12, 1, 20, 0, 0, tzinfo=UTC)
+    win, strag = "6f1c2c1e-0000-4000-8000-000000000001", "6f1c2c1e-0000-4000-8000-000000000002"
+    winner = events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="a"), NOW,
+                          flow_run_id=win)
+    assert winner.run
+    runs = [flow_run(win, t0.replace(second=2)), flow_run(strag, t0.replace(second=30)),
+            flow_run("cancelled", None)]
+    # raised at t0 (before the winner started at t0+2s): covered, with the winner named
+    detail = covering_retrain(sessions, strag, t0, client=FakeRuns(runs, t0))  # type: ignore[arg-type]
+    assert detail is not None and detail.startswith(f"covered by the retrain of alert {winner.alert_id}")
+    decision = events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="b"), NOW,
+                            flow_run_id=strag, covered_by=detail)
+    assert (decision.run, decision.outcome, decision.detail) == (False, "deduplicated", detail)
+    # raised after the winner started: not covered (its evidence is newer); no raised_at: the run's creation
+    assert covering_retrain(sessions, strag, t0.replace(second=5),
+                            client=FakeRuns(runs, t0)) is None  # type: ignore[arg-type]
+    assert covering_retrain(sessions, strag, None,
+                            client=FakeRuns(runs, t0.replace(second=1))) is not None  # type: ignore[arg-type]
+    # a retrain that failed (key freed) answers nothing; the winner never covers itself
+    events.finish_alert(sessions, winner.alert_id, outcome="failed", detail="boom")
+    assert covering_retrain(sessions, strag, t0, client=FakeRuns(runs, t0)) is None  # type: ignore[arg-type]
+    assert covering_retrain(sessions, win, t0, client=FakeRuns(runs, t0)) is None  # type: ignore[arg-type]
