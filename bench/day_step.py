@@ -7,7 +7,7 @@ one day at a time up to `--from` (about two parts per simulated day, ~530 parts 
 
 Measured, in the same process, alternating day by day (same kind of work, nearly the same data):
 - incremental: `replay_until(day)` + `refresh_feature_tables(day + 1)` with the process's caches warm
-  (cached part reads, landed/recorded id lookups, joined outcome facts, the weather grid): what the
+  (landed/recorded id lookups, joined outcome facts, the weather grid): what the
   demo does each simulated day;
 - from scratch: the same step after dropping every in-process cache, so every landed part is read
   again and every join redone: what each simulated day cost before the caches (and what the first
@@ -33,9 +33,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def drop_caches() -> None:
     """Forget everything the process learned about the landed parts."""
-    from retrain import delay_facts, features, ingest, offline
+    from retrain import delay_facts, features, ingest
 
-    offline._CACHE.clear()
     ingest._ID_CACHE.clear()
     delay_facts._STATE.clear()
     features._weather_grid.cache_clear()

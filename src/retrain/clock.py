@@ -7,11 +7,11 @@ the simulated present, so it lives in one small file under RETRAIN_HOME instead 
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 from retrain.config import Settings
+from retrain.jsonsafe import write_json_atomic
 
 CLOCK_FILE = "sim_clock.json"
 
@@ -38,11 +38,7 @@ def set_now(settings: Settings, when: datetime) -> None:
     """Advance the simulated present (atomic write, readable by other processes at any time)."""
     if when.tzinfo is None:
         raise ValueError(f"clock: naive datetime {when!r}; pass UTC")
-    path = _path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"now": when.astimezone(UTC).isoformat()}))
-    os.replace(tmp, path)
+    write_json_atomic(_path(settings), {"now": when.astimezone(UTC).isoformat()})
 
 
 def clear(settings: Settings) -> None:

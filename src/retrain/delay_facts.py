@@ -75,14 +75,14 @@ def delay_facts(settings: Settings) -> DelayFacts:
 
 
 def _read_outcomes(parts: list[Path]) -> pd.DataFrame | None:
-    frame = offline.read_parts(parts, None, cache=False)
+    frame = offline.read_parts(parts, None)
     if frame is not None and "batch_id" not in frame.columns:  # parts written outside ingestion
         frame["batch_id"] = -1
     return None if frame is None else frame[_OUTCOME_COLUMNS]
 
 
 def _add_flights(state: DelayFacts, parts: list[Path]) -> None:
-    flights = offline.read_parts(parts, ["flight_id", "carrier", "origin", "dest", "sched_dep"], cache=False)
+    flights = offline.read_parts(parts, ["flight_id", "carrier", "origin", "dest", "sched_dep"])
     if flights is None or flights.empty:
         return
     routes = flights["origin"].astype(str) + "-" + flights["dest"].astype(str)

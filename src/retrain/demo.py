@@ -29,6 +29,7 @@ import pandas as pd
 
 from retrain import clock, services
 from retrain.config import Settings
+from retrain.jsonsafe import write_json_atomic
 
 Say = Callable[[str], None]
 STATE_FILE = "demo_state.json"
@@ -84,10 +85,7 @@ class DemoState:
         return cls(**json.loads(path.read_text())) if path.exists() else cls()
 
     def save(self, settings: Settings) -> None:
-        path = settings.home / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(settings.home / STATE_FILE, self.__dict__, indent=1)
 
 
 def utc(value: str | datetime) -> datetime:

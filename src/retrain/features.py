@@ -27,13 +27,12 @@ import pandas as pd
 from retrain.config import Settings
 from retrain.data import TimeLike, load_planes, load_weather, to_utc, utc_times
 from retrain.delay_facts import delay_facts
+from retrain.jsonsafe import read_json_state, write_json_atomic
 from retrain.offline import (
     file_lock,
     parts_fingerprint,
-    read_marker,
     read_table,
     remember,
-    write_marker,
     write_parquet_atomic,
 )
 
@@ -239,7 +238,7 @@ def refresh_feature_tables(settings: Settings, known_until: TimeLike | None = No
     marker = features_dir(settings) / ".tables.json"
     key = {"parts": parts_fingerprint(settings), "known_until": None if known_until is None
            else to_utc(known_until).isoformat()}
-    built = read_marker(marker)
+    built = read_json_state(marker)
     if (built is not None and built.get("key") == key
             and all((features_dir(settings) / f"{n}.parquet").exists() for n in FEATURE_TABLES)):
         return {str(k): int(v) for k, v in built["rows"].items()}  # same landed parts, same horizon
@@ -263,7 +262,7 @@ def refresh_feature_tables(settings: Settings, known_until: TimeLike | None = No
     for name, table in tables.items():
         write_parquet_atomic(table, features_dir(settings) / f"{name}.parquet")
     rows = {name: len(table) for name, table in tables.items()}
-    write_marker(marker, {"key": key, "rows": rows})
+    write_json_atomic(marker, {"key": key, "rows": rows})
     return rows
 
 

@@ -40,6 +40,7 @@ from retrain.ingest_contract import (
     none_where,
     validate,
 )
+from retrain.jsonsafe import read_json_state, write_json_atomic
 
 __all__ = [
     "BatchRejected",
@@ -160,17 +161,17 @@ def _part_ids(parts: list[Path], id_column: str, batch_column: str | None) -> Ma
     key = (str(parts[0].parent), f"{id_column}:{batch_column}")
     signatures = [offline.signature(p) for p in parts]
     cached = _ID_CACHE.get(key)
-    start, ids = (len(cached[0]), dict(cached[1])) if cached and offline.extends(signatures, cached[0]) else (0, {})
-    if start < len(parts) or cached is None:
-        columns = [id_column] + ([batch_column] if batch_column else [])
-        frame = offline.read_parts(parts[start:], columns, cache=False)
-        if frame is not None:
-            values = frame[id_column].to_numpy(dtype=object)
-            batches = frame[batch_column].to_numpy(dtype="int64") if batch_column else np.full(len(frame), -1)
-            ids.update(zip(values.tolist(), batches.tolist(), strict=True))
-        offline.remember(_ID_CACHE, key, (signatures, ids))
-    else:
-        ids = cached[1]
+    if cached is not None and signatures == cached[0]:
+        return MappingProxyType(cached[1])  # nothing new: the mapping handed out before
+    grows = cached is not None and offline.extends(signatures, cached[0])
+    start, ids = (len(cached[0]), dict(cached[1])) if grows and cached else (0, {})  # copy: old answers stay put
+    columns = [id_column] + ([batch_column] if batch_column else [])
+    frame = offline.read_parts(parts[start:], columns)
+    if frame is not None:
+        values = frame[id_column].to_numpy(dtype=object)
+        batches = frame[batch_column].to_numpy(dtype="int64") if batch_column else np.full(len(frame), -1)
+        ids.update(zip(values.tolist(), batches.tolist(), strict=True))
+    offline.remember(_ID_CACHE, key, (signatures, ids))
     return MappingProxyType(ids)
 
 
@@ -730,7 +731,7 @@ def replay_until(
     say = progress or (lambda _s: None)
     until_ts = data.to_utc(until)
     mark_path = settings.home / REPLAY_MARK
-    mark = offline.read_marker(mark_path)
+    mark = read_json_state(mark_path)
     landed_state = _last_landed_batch(session_factory)
     reached = data.to_utc(mark["until"]) if mark is not None and mark.get("last_batch") == landed_state else None
     if reached is not None and reached >= until_ts:
@@ -761,7 +762,7 @@ def replay_until(
         say(f"recording {len(todo):,} matured outcomes")
         result.outcome_batch = ingest_outcomes(todo[list(OUTCOME_INPUT_COLUMNS)], settings=settings,
                                                sessions=session_factory, source=f"replay-outcomes:{label}")
-    offline.write_marker(mark_path, {"until": until_ts.isoformat(), "last_batch": _last_landed_batch(session_factory)})
+    write_json_atomic(mark_path, {"until": until_ts.isoformat(), "last_batch": _last_landed_batch(session_factory)})
     return result
 
 

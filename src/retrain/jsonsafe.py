@@ -1,10 +1,15 @@
-"""One conversion to JSON-storable values for metadata, profiles, reports and JSON columns."""
+"""One conversion to JSON-storable values for metadata, profiles, reports and JSON columns, and the
+small JSON state files under RETRAIN_HOME (written atomically, readable by other processes at any time)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import uuid
 from collections.abc import Mapping
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,3 +31,24 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
     return str(value)
+
+
+def read_json_state(path: Path) -> dict[str, Any] | None:
+    """A small JSON state file (None when absent or unreadable: callers then do the full work)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json_atomic(path: Path, value: Mapping[str, Any], *, indent: int | None = None) -> None:
+    """Write a small JSON state file so that readers see the old or the new content, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(value, indent=indent))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

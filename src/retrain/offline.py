@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.dataset as ds
 
 from retrain.config import Settings
@@ -67,27 +64,15 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-@dataclass
-class _Cached:
-    """Rows of a run of parts already read, with the stat signature of each part."""
-
-    signatures: list[tuple[str, int, int]]
-    schema: pa.Schema
-    frame: pd.DataFrame
-
-
-_CACHE: dict[tuple[str, tuple[str, ...] | None], _Cached] = {}
+Signature = tuple[str, int, int]
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-def signature(path: Path) -> tuple[str, int, int]:
+def signature(path: Path) -> Signature:
     """What identifies one version of a part file: path, modification time and size."""
     st = path.stat()
     return str(path), st.st_mtime_ns, st.st_size
-
-
-Signature = tuple[str, int, int]
 
 
 def extends(new: Sequence[Signature], old: Sequence[Signature]) -> bool:
@@ -95,15 +80,11 @@ def extends(new: Sequence[Signature], old: Sequence[Signature]) -> bool:
     return list(new[: len(old)]) == list(old)
 
 
-def read_parts(
-    paths: Sequence[Path], columns: Sequence[str] | None = None, *, cache: bool = True
-) -> pd.DataFrame | None:
+def read_parts(paths: Sequence[Path], columns: Sequence[str] | None = None) -> pd.DataFrame | None:
     """Concatenate part files (only the named columns); None when there are no parts.
 
-    Parts are immutable once landed, so rows already read are kept in memory (per directory and
-    column list) and only parts not seen before are read: a simulated day adds one or two parts to
-    hundreds, and rereading all of them each day was the demo's largest cost. A part whose stat
-    signature changed, or a list that is not an extension of the cached one, is read afresh.
+    Readers on the per-day path (`ingest`'s id lookups, `delay_facts`) keep what they derived and
+    call this with the new parts only (`signature` / `extends` tell which are new).
     """
     if not paths:
         return None
@@ -112,26 +93,8 @@ def read_parts(
         raise FileNotFoundError(
             f"offline store is missing {len(missing)} landed part(s) recorded in the database, e.g. {missing[0]}"
         )
-    cols = tuple(columns) if columns is not None else None
-    if not cache:
-        return ds.dataset([str(p) for p in paths], format="parquet").to_table(
-            columns=list(cols) if cols is not None else None).to_pandas()
-    key = (str(Path(paths[0]).parent), cols)
-    signatures = [signature(Path(p)) for p in paths]
-    cached = _CACHE.get(key)
-    if cached is not None and extends(signatures, cached.signatures):
-        new = [s[0] for s in signatures[len(cached.signatures):]]
-        if new:
-            table = ds.dataset(new, format="parquet", schema=cached.schema).to_table(
-                columns=list(cols) if cols is not None else None)
-            frame = pd.concat([cached.frame, table.to_pandas()], ignore_index=True)
-            cached = _Cached(signatures, cached.schema, frame)
-    else:
-        dataset = ds.dataset([s[0] for s in signatures], format="parquet")
-        table = dataset.to_table(columns=list(cols) if cols is not None else None)
-        cached = _Cached(signatures, dataset.schema, table.to_pandas())
-    remember(_CACHE, key, cached)
-    return cached.frame.copy()
+    dataset = ds.dataset([str(p) for p in paths], format="parquet")
+    return dataset.to_table(columns=list(columns) if columns is not None else None).to_pandas()
 
 
 def remember(cache: dict[K, V], key: K, value: V, entries: int = 8) -> None:
@@ -140,23 +103,6 @@ def remember(cache: dict[K, V], key: K, value: V, entries: int = 8) -> None:
     cache[key] = value
     while len(cache) > entries:
         del cache[next(iter(cache))]
-
-
-def read_marker(path: Path) -> dict[str, Any] | None:
-    """A small JSON state file (None when absent or unreadable: callers then do the full work)."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def write_marker(path: Path, value: dict[str, Any]) -> None:
-    """Write a small JSON state file atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
 
 
 def parts_fingerprint(settings: Settings, tables: Sequence[str] = (FLIGHTS, OUTCOMES)) -> str:

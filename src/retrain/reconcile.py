@@ -221,10 +221,9 @@ def covering_retrain(
         since = raised_at or c.read_flow_run(UUID(flow_run_id)).created
         if since is None:
             return None, []
-        runs = c.read_flow_runs(
+        return since, c.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name])),
             flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)), limit=50)
-        return since, runs
 
     if client is None:
         from prefect.client.orchestration import get_client
@@ -233,14 +232,16 @@ def covering_retrain(
             since, runs = read(own)
     else:
         since, runs = read(client)
+    if since is None:
+        return None
     started = {str(r.id): r for r in runs
-               if str(r.id) != flow_run_id and r.start_time is not None and since is not None and r.start_time >= since}
+               if str(r.id) != flow_run_id and r.start_time is not None and r.start_time >= since}
     if not started:
         return None
     with sessions() as session:
         row = session.scalars(select(Alert).where(Alert.flow_run_id.in_(list(started)), Alert.outcome == "run")
                               .order_by(Alert.id).limit(1)).first()
-    if row is None or since is None:
+    if row is None:
         return None
     run = started[str(row.flow_run_id)]
     return (f"covered by the retrain of alert {row.id} (flow run {run.name}), which started at "

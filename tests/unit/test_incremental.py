@@ -1,4 +1,4 @@
-"""Per-day work stays incremental: cached part reads, the replay watermark, skipped table rebuilds.
+"""Per-day work stays incremental: id lookups kept per process, the replay watermark, skipped table rebuilds.
 
 Each shortcut must give exactly the answer the full recomputation gives, and must be dropped as
 soon as the data under it changed.
@@ -31,24 +31,42 @@ def uncached(paths: list[Path], columns: list[str]) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p, columns=columns) for p in paths], ignore_index=True)
 
 
-def test_cached_part_reads_follow_new_and_rewritten_parts(tmp_path: Path) -> None:
+def test_part_reads_follow_new_and_rewritten_parts(tmp_path: Path) -> None:
     parts = [tmp_path / f"part-{i:08d}.parquet" for i in range(3)]
     for i, p in enumerate(parts):
         pd.DataFrame({"flight_id": [f"f{i}a", f"f{i}b"], "n": [i, i]}).to_parquet(p, index=False)
     first = offline.read_parts(parts[:2], ["flight_id", "n"])
     assert first is not None and first["flight_id"].tolist() == ["f0a", "f0b", "f1a", "f1b"]
-    first.loc[0, "flight_id"] = "mutated by the caller"  # callers get a copy, never the cached frame
+    first.loc[0, "flight_id"] = "mutated by the caller"  # a caller's frame is its own
     grown = offline.read_parts(parts, ["flight_id", "n"])
     assert grown is not None
     pd.testing.assert_frame_equal(grown, uncached(parts, ["flight_id", "n"]))
-    # a part rewritten in place (a different signature) is not served from memory
+    # a part rewritten in place is read as it is now
     pd.DataFrame({"flight_id": ["g1"], "n": [9]}).to_parquet(parts[1], index=False)
     os.utime(parts[1], ns=(1, 1))
     again = offline.read_parts(parts, ["flight_id", "n"])
     assert again is not None
     pd.testing.assert_frame_equal(again, uncached(parts, ["flight_id", "n"]))
-    # a list that is not an extension of the cached one is read afresh
+    # any list of parts, not only an extension of an earlier one
     assert offline.read_parts(parts[1:], ["n"])["n"].tolist() == [9, 2, 2]  # type: ignore[index]
+
+
+def test_id_lookups_follow_new_and_rewritten_parts(tmp_path: Path) -> None:
+    from retrain.ingest import _part_ids
+
+    parts = [tmp_path / f"part-{i:08d}.parquet" for i in range(3)]
+    for i, p in enumerate(parts):
+        pd.DataFrame({"flight_id": [f"f{i}a", f"f{i}b"], "batch_id": [i, i]}).to_parquet(p, index=False)
+    first = _part_ids(parts[:2], "flight_id", "batch_id")
+    assert dict(first) == {"f0a": 0, "f0b": 0, "f1a": 1, "f1b": 1}
+    assert _part_ids(parts[:2], "flight_id", "batch_id") == first  # nothing new: the same answer
+    grown = _part_ids(parts, "flight_id", "batch_id")
+    assert dict(grown) == {"f0a": 0, "f0b": 0, "f1a": 1, "f1b": 1, "f2a": 2, "f2b": 2}
+    assert len(first) == 4  # the earlier answer did not grow under its holder
+    pd.DataFrame({"flight_id": ["g1"], "batch_id": [9]}).to_parquet(parts[1], index=False)
+    os.utime(parts[1], ns=(1, 1))  # rewritten in place: a different signature, read afresh
+    assert dict(_part_ids(parts, "flight_id", "batch_id")) == {"f0a": 0, "f0b": 0, "g1": 9, "f2a": 2, "f2b": 2}
+    assert dict(_part_ids(parts[1:], "flight_id", None)) == {"g1": -1, "f2a": -1, "f2b": -1}
 
 
 def test_replay_watermark_skips_repeat_calls_until_a_batch_lands(home: Home,
