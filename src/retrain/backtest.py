@@ -74,6 +74,9 @@ PeriodName = Literal["day", "week", "month"]
 PERIOD_DAYS: dict[str, float] = {"day": 1.0, "week": 7.0, "month": 30.44}
 DEFAULT_POLICIES = ("static", "periodic-always", "periodic-gated", "triggered")
 MIN_INITIAL_ROWS = 100
+# backtest flag -> Settings field, for messages (the CLI's full map is retrain.commands.backtest.OVERRIDES)
+BACKTEST_FLAGS = {"eval_min_rows": "eval_min_rows", "min_predictions": "monitor_min_predictions",
+                  "min_labels": "monitor_min_labels", "eval_days": "retrain_eval_days"}
 Progress = Callable[[str], Any]
 
 
@@ -236,6 +239,7 @@ class Replay:
                 f"too little history for the initial window [{self.bounds[0].date()}, "
                 f"{self.bounds[self.initial_periods].date()}): {init.size} labelled rows, need at least "
                 f"{MIN_INITIAL_ROWS}")
+        self._require_volume(n_periods)
         if self.binary and len(set(self.y[init])) < 2:
             raise BacktestInputError(f"the initial window [{self.bounds[0].date()}, "
                                      f"{self.bounds[self.initial_periods].date()}): label {history.label!r} has "
@@ -244,6 +248,22 @@ class Replay:
         self.scores: dict[tuple[str, int], np.ndarray] = {}
         self.monitoring: dict[tuple[str, int], tuple[list[AlertSpec], dict[str, Any]]] = {}
         self.initial: Model | None = None
+
+    def _require_volume(self, n_periods: int) -> None:
+        """Refuse up front when the settings' minimum rows can never be met by this data's volume."""
+        from retrain.usecase.sizing import Volume, volume_problems
+
+        span_days = (self.bounds[-1] - self.bounds[0]).total_seconds() / 86_400
+        scored = [self.rows(self.bounds[k], self.bounds[k + 1]).size
+                  for k in range(self.initial_periods, n_periods)]
+        flags = {setting: f"--{flag.replace('_', '-')}" for flag, setting in BACKTEST_FLAGS.items()}
+        problems = volume_problems(self.settings, Volume(rows=len(self.y), days=span_days),
+                                   monitor_rows=float(np.median(scored)) if scored else 0.0,
+                                   monitor_what=f"a {self.period} (each period is a monitoring window)",
+                                   flags=flags, labels_judged=self.binary)
+        if problems:
+            raise BacktestInputError("the settings do not fit this data's volume (nothing would retrain):\n  - "
+                                     + "\n  - ".join(problems))
 
     # ---- data
     def rows(self, lo: pd.Timestamp | datetime, hi: pd.Timestamp | datetime,

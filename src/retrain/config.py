@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     feast_registry_url: str | None = None
     feature_repo: Path = REPO_ROOT / "feature_repo"
 
+    usecase: str = Field(default="flight_delay", description="Active use case (a folder with a usecase.yaml).")
+    usecases_dir: Path | None = Field(default=None, description="A team's own use cases (searched before the "
+                                      "shipped ones; `retrain init` writes here).")
     model_name: str = "flight_delay"
     feature_service: str = "flight_delay_v1"
     num_threads: int = 2
@@ -41,6 +44,8 @@ class Settings(BaseSettings):
     validation_fraction: float = 0.15
     learning_rate: float = 0.05
     num_leaves: int = 63
+    model_params: dict[str, Any] = Field(default_factory=dict, description="Further LightGBM parameters "
+                                         "(a use case's model_params); seed, threads and determinism stay fixed.")
 
     # evaluation gates
     eval_min_rows: int = 1000
@@ -93,8 +98,8 @@ class Settings(BaseSettings):
     monitor_ks_threshold: float = Field(default=0.2, gt=0, le=1, description="Feature KS that counts.")
     monitor_drift_min_features: int = Field(default=1, ge=1, description="Drifted features to fire.")
     monitor_ignore_features: list[str] = Field(
-        default_factory=lambda: ["dep_month"],
-        description="Features never drift-checked (calendar features shift by construction).",
+        default_factory=list,
+        description="Features never drift-checked (e.g. calendar features, which shift by construction).",
     )
     monitor_prediction_psi_threshold: float = Field(default=0.2, gt=0, description="Score PSI that fires.")
     monitor_min_predictions: int = Field(default=500, ge=1, description="Predictions needed for drift.")
@@ -180,5 +185,14 @@ def redis_connection_string(url: str) -> str:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings (cached; call `get_settings.cache_clear()` in tests)."""
+    """The process-wide settings of the active use case (`RETRAIN_USECASE`): global settings plus the
+    use case's overrides (cached; call `get_settings.cache_clear()` in tests)."""
+    from retrain.usecase.catalog import load_usecase, settings_for
+
+    base = Settings()
+    return settings_for(load_usecase(base, base.usecase), base)
+
+
+def base_settings() -> Settings:
+    """Global settings with no use case applied (for a user's file outside any use case)."""
     return Settings()

@@ -359,16 +359,56 @@ def materialization_lock(settings: Settings) -> AbstractContextManager[None]:
     return file_lock(settings.home / ".materialize.lock")
 
 
+class NothingAppliedError(RuntimeError):
+    """The Feast registry holds no feature views: `retrain apply` has not run for this home/registry."""
+
+
+class NoFeatureDataError(RuntimeError):
+    """Feature views are registered but their parquet tables do not exist: nothing ingested yet."""
+
+
+def _registry_location(store: FeatureStore) -> str:
+    """The registry's path or URL for messages (a database password hidden)."""
+    registry = getattr(store.config, "registry", None)
+    path = str(getattr(registry, "path", registry) or "?")
+    if "://" in path and "@" in path:
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(path).render_as_string(hide_password=True)
+        except Exception:  # not a SQLAlchemy URL: say where without the credentials
+            return path.split("://", 1)[0] + "://***@" + path.rsplit("@", 1)[1]
+    return path
+
+
 def materialize_until(store: FeatureStore, settings: Settings, until: TimeLike) -> dict[str, Any]:
     """Bring the online store up to `until`, seeding views never materialized before.
 
     `materialize-incremental` on a fresh view starts at wall-clock now minus its TTL, which is empty
     in a replay of 2013; so a view without history is first loaded with an explicit window from the
     start of its data, after which incremental runs continue from the last end time.
+
+    Raises `NothingAppliedError` when no feature view is registered (run `retrain apply`) and
+    `NoFeatureDataError` when a view's parquet table is missing (run `retrain ingest`), rather than
+    reporting success having loaded nothing.
     """
     end = to_utc(until).to_pydatetime()
     with materialization_lock(settings):
         views = store.list_feature_views()
+        if not views:
+            raise NothingAppliedError(
+                f"no feature views are registered in the Feast registry ({_registry_location(store)}): "
+                "run `retrain apply` (or `cd feature_repo && feast apply`) first"
+            )
+        # Feast would fail on a missing table with a DuckDB I/O error; local paths only (not s3:// etc.)
+        sources = {v.name: str(getattr(getattr(v, "batch_source", None), "path", None) or "") for v in views}
+        missing = sorted(n for n, p in sources.items() if p and "://" not in p and not Path(p).is_file())
+        if missing:
+            files = ", ".join(sorted({sources[n] for n in missing}))
+            raise NoFeatureDataError(
+                f"no feature data to load for {', '.join(missing)} (missing: {files}): "
+                "run `retrain ingest --until DATE` first (it lands flights and builds the feature tables)"
+            )
         # A premature `feast materialize-incremental` records an empty, inverted interval: not a seed.
         fresh = [v.name for v in views if not any(s <= e for s, e in v.materialization_intervals)]
         seeded = [v.name for v in views if v.name not in fresh]

@@ -72,7 +72,7 @@ class TrainResult:
 
 def default_params(settings: Settings | None = None, objective: Objective = "binary") -> dict[str, Any]:
     """The learner's defaults; `settings` supplies the tuned ones (learning rate, leaves)."""
-    return {
+    params = {
         "objective": objective,
         "metric": "binary_logloss" if objective == "binary" else "l2",
         "learning_rate": settings.learning_rate if settings else 0.05,
@@ -83,6 +83,9 @@ def default_params(settings: Settings | None = None, objective: Objective = "bin
         "bagging_freq": 1,
         "lambda_l2": 1.0,
     }
+    extra = settings.model_params if settings else {}
+    params.update({k: v for k, v in extra.items() if k not in FORCED_PARAMS and k != "objective"})
+    return params
 
 
 def library_versions() -> dict[str, str]:

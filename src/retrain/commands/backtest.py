@@ -59,8 +59,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("backtest")
     def backtest_cmd(
-        data: Path | None = typer.Option(None, "--data", help="CSV or parquet history (default: the 2013 flights "
-                                         "through the feature store contract)."),
+        usecase: str | None = typer.Option(None, "--usecase", help="Replay a use case's history with its own "
+                                           "features and settings (default: RETRAIN_USECASE, the 2013 flights)."),
+        data: Path | None = typer.Option(None, "--data", help="CSV or parquet history outside any use case."),
         time_col: str | None = typer.Option(None, "--time-col", help="Timestamp column of --data."),
         label_col: str | None = typer.Option(None, "--label-col", help="Label column of --data (0/1 or true/false)."),
         features: str | None = typer.Option(None, "--features", help="Comma-separated feature columns "
@@ -78,8 +79,8 @@ def register(app: typer.Typer) -> None:
                                          "worse than the replaced one by more than this on the next period."),
         feature_home: Path | None = typer.Option(None, "--feature-home", help="Flights: a RETRAIN_HOME holding the "
                                                  "landed year (landed there if empty; default: a temporary one)."),
-        date_from: str | None = typer.Option(None, "--from", help="Flights: first departure day (2013-01-01)."),
-        date_to: str | None = typer.Option(None, "--to", help="Flights: end, exclusive (2014-01-01)."),
+        date_from: str | None = typer.Option(None, "--from", help="Use case: first day (flights: 2013-01-01)."),
+        date_to: str | None = typer.Option(None, "--to", help="Use case: end, exclusive (flights: 2014-01-01)."),
         train_days: float | None = typer.Option(None, "--train-days", help="retrain_train_days"),
         eval_days: float | None = typer.Option(None, "--eval-days", help="retrain_eval_days"),
         label_lag_hours: float | None = typer.Option(None, "--label-lag-hours", help="retrain_label_lag_hours"),
@@ -115,7 +116,9 @@ def register(app: typer.Typer) -> None:
         """Backtest retraining policies (static, periodic, triggered) on history, with no servers."""
         from retrain import backtest as bt
         from retrain import backtest_report
-        from retrain.config import get_settings
+        from retrain.config import base_settings, get_settings
+        from retrain.usecase.catalog import UseCaseError, load_usecase, settings_for
+        from retrain.usecase.history import load_history
 
         local = locals()
         updates: dict[str, Any] = {f: local[flag] for flag, f in OVERRIDES.items() if local[flag] is not None}
@@ -129,7 +132,18 @@ def register(app: typer.Typer) -> None:
                 _fail(f"--ece-threshold {ece_threshold!r}: a number, or 'off'")
         say = (lambda m: console.print(f"[dim]{m}[/dim]")) if not as_json or console.is_terminal else None
         try:
-            settings = bt.with_overrides(get_settings(), updates)
+            if data is not None and usecase is not None:
+                _fail("--usecase and --data: give one (a use case names its own data)")
+            spec = None
+            if data is not None:
+                base = base_settings()
+            elif usecase is not None:
+                spec = load_usecase(base_settings(), usecase)
+                base = settings_for(spec, base_settings())
+            else:
+                base = get_settings()
+                spec = load_usecase(base, base.usecase)
+            settings = bt.with_overrides(base, updates)
             policies = [bt.parse_policy(p, every) for p in (policy or list(bt.DEFAULT_POLICIES))]
             if data is not None:
                 if not time_col or not label_col:
@@ -137,15 +151,16 @@ def register(app: typer.Typer) -> None:
                 history = bt.load_table(data, time_col=time_col, label_col=label_col, features=_split(features),
                                         regression=regression, label_lag_hours=label_delay_hours)
             else:
+                assert spec is not None
                 if any(v for v in (time_col, label_col, features, regression)):
                     _fail("--time-col/--label-col/--features/--regression apply to --data FILE only")
                 if say:
-                    say("flights: training sets through the feature store contract")
-                history = bt.load_flights(settings, feature_home=feature_home, start=_when(date_from),
-                                          end=_when(date_to), progress=say)
+                    say(f"use case {spec.name}: history through {spec.features.service}")
+                history = load_history(spec, settings, feature_home=feature_home, start=_when(date_from),
+                                       end=_when(date_to), progress=say)
             result = bt.run_backtest(history, settings, policies, period=period, initial_periods=initial_periods,
                                      bad_margin=bad_margin, progress=say)
-        except bt.BacktestInputError as exc:
+        except (bt.BacktestInputError, UseCaseError) as exc:
             _fail(str(exc))
         html_path = backtest_report.write_report(result, settings.reports_dir) if report else None
         if as_json:

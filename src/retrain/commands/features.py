@@ -29,13 +29,23 @@ def register(app: typer.Typer) -> None:
         until: str = typer.Option(..., "--until", help="Load feature rows up to this time (ISO date/time, UTC)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Bring the online store up to --until (seeds never-materialized views first)."""
+        """Bring the online store up to --until (seeds never-materialized views first).
+
+        Fails (exit 1) naming the command to run when nothing is applied or ingested yet.
+        """
         from retrain.config import get_settings
-        from retrain.features import materialize_until, open_store
+        from retrain.features import NoFeatureDataError, NothingAppliedError, materialize_until, open_store
 
         settings = get_settings()
-        with console.status(f"materializing up to {until}"):
-            result = materialize_until(open_store(settings), settings, until)
+        try:
+            with console.status(f"materializing up to {until}"):
+                result = materialize_until(open_store(settings), settings, until)
+        except (NothingAppliedError, NoFeatureDataError) as err:
+            if not as_json:
+                raise  # `retrain` prints it as one `error:` line
+            typer.echo(json.dumps({"status": "error", "error": str(err), "until": until}))
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
         if as_json:
             typer.echo(json.dumps(result))
         else:

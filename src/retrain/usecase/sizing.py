@@ -1,0 +1,109 @@
+"""Settings that fit a use case's data volume, and the up-front refusal when they cannot.
+
+The defaults (1,000 evaluation rows, 500 predictions per monitoring window) suit the flights (~900
+labelled rows a day). On a daily dataset of 30 rows a month they make every evaluation refuse and
+monitoring never judge: a loop that silently does nothing. `sized_settings` derives minimums from the
+rows per day; `volume_problems` names each setting that the data can never satisfy, with the number
+seen and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from retrain.config import Settings
+
+MIN_EVAL_ROWS = 30  # below this a paired bootstrap on the loss difference says nothing
+MIN_MONITOR_ROWS = 20
+MIN_TRAIN_ROWS = 200
+MAX_WINDOW_DAYS = 366.0
+
+
+@dataclass(frozen=True)
+class Volume:
+    """How much labelled data arrives: rows per day, over a span."""
+
+    rows: int
+    days: float
+
+    @property
+    def per_day(self) -> float:
+        return self.rows / max(self.days, 1.0)
+
+    def expected(self, days: float) -> float:
+        """Rows expected in a window of `days`."""
+        return self.per_day * days
+
+
+def _window(per_day: float, days: float, need: float) -> float:
+    """`days`, lengthened (up to a year) until it holds `need` rows."""
+    if per_day * days >= need:
+        return days
+    return float(min(MAX_WINDOW_DAYS, math.ceil(need / max(per_day, 1e-9))))
+
+
+def sized_settings(volume: Volume, base: Settings) -> dict[str, Any]:
+    """Overrides that make evaluation, monitoring and slices work on this volume (only what changes)."""
+    r = volume.per_day
+    train_days = _window(r, base.retrain_train_days, MIN_TRAIN_ROWS * 2)
+    eval_days = _window(r, base.retrain_eval_days, MIN_EVAL_ROWS * 4)
+    window_days = _window(r, base.monitor_window_days, MIN_MONITOR_ROWS * 2)
+    in_eval, in_window = r * eval_days, r * window_days
+    out: dict[str, Any] = {
+        "retrain_train_days": train_days,
+        "retrain_eval_days": eval_days,
+        "eval_min_rows": int(min(base.eval_min_rows, max(MIN_EVAL_ROWS, in_eval * 0.5))),
+        "gate_slice_min_rows": int(min(base.gate_slice_min_rows, max(MIN_EVAL_ROWS, in_eval * 0.1))),
+        "monitor_window_days": window_days,
+        "monitor_min_predictions": int(min(base.monitor_min_predictions, max(MIN_MONITOR_ROWS, in_window * 0.5))),
+        "monitor_min_labels": int(min(base.monitor_min_labels, max(MIN_MONITOR_ROWS, in_window * 0.5))),
+        "monitor_dedupe_period_hours": max(base.monitor_dedupe_period_hours, window_days * 24.0),
+    }
+    return {k: v for k, v in out.items() if getattr(base, k) != v}
+
+
+def _env(name: str) -> str:
+    return f"RETRAIN_{name.upper()}"
+
+
+def volume_problems(settings: Settings, volume: Volume, *, monitor_rows: float | None = None,
+                    monitor_what: str | None = None, flags: dict[str, str] | None = None,
+                    labels_judged: bool = True) -> list[str]:
+    """Each setting the data volume can never meet, as one sentence naming the fix.
+
+    `monitor_rows` overrides the rows of a monitoring window (the backtest monitors whole periods);
+    `flags` maps setting names to command-line flags to mention; `labels_judged` is False where no
+    rule reads matured labels (regression monitoring judges drift only).
+    """
+    flags = flags or {}
+    sized = sized_settings(volume, settings)
+
+    def how(name: str) -> str:
+        return _env(name) + (f" or {flags[name]}" if name in flags else "")
+
+    problems: list[str] = []
+    in_eval = volume.expected(settings.retrain_eval_days)
+    if in_eval < settings.eval_min_rows:
+        days = sized.get("retrain_eval_days", settings.retrain_eval_days)
+        fix = f"set eval_min_rows to {sized.get('eval_min_rows', MIN_EVAL_ROWS)} or lower ({how('eval_min_rows')})"
+        if days != settings.retrain_eval_days:
+            fix = f"set retrain_eval_days to {days:g} ({how('retrain_eval_days')}) and " + fix.removeprefix("set ")
+        problems.append(
+            f"evaluation window ({settings.retrain_eval_days:g} days): ~{in_eval:,.0f} labelled rows < eval_min_rows "
+            f"{settings.eval_min_rows:,} — every retrain would be refused; {fix}")
+    window = monitor_what or f"monitoring window ({settings.monitor_window_days:g} days)"
+    rows = volume.expected(settings.monitor_window_days) if monitor_rows is None else monitor_rows
+    enough = int(max(MIN_MONITOR_ROWS, rows * 0.5)) if rows >= MIN_MONITOR_ROWS else MIN_MONITOR_ROWS
+    longer = "" if monitor_rows is not None or rows >= MIN_MONITOR_ROWS else (
+        f" and a monitor_window_days of {sized.get('monitor_window_days', settings.monitor_window_days):g}")
+    for name, what, judged in (("monitor_min_predictions", "predictions", "drift"),
+                               ("monitor_min_labels", "labelled rows", "decay")):
+        if name == "monitor_min_labels" and not labels_judged:
+            continue
+        need = getattr(settings, name)
+        if rows < need:
+            problems.append(f"{window}: ~{rows:,.0f} {what} < {name} {need:,} — {judged} would never be judged; "
+                            f"set {name} to {enough} or lower ({how(name)}){longer}")
+    return problems

@@ -1,0 +1,139 @@
+"""The use-case spec: everything domain-specific about one model, declared in `usecase.yaml`.
+
+A use case is one folder (`usecases/<name>/`): this spec, its Feast objects, its raw-batch contract
+and, optionally, a Python data module. The engine reads the domain from here (label, time, entity,
+request fields, slices, objective, model parameters, settings overrides) instead of hard-coding it.
+Validation errors name the field (`label.delay_hours: ...`), as pydantic reports them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Objective = Literal["binary", "regression"]  # a `classes` field would add multiclass without new objects
+FieldKind = Literal["number", "integer", "boolean", "category", "text", "datetime"]
+CalendarPart = Literal["hour", "weekday", "month"]
+NAME_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
+SPEC_FILE = "usecase.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabelSpec(_Strict):
+    """What is learned and when it becomes known (a label matures after the event)."""
+
+    column: str = Field(description="Label column of the history / outcomes.")
+    delay_hours: float = Field(default=0.0, ge=0, description="A label is known this long after the event time.")
+    available_col: str | None = Field(default=None, description="Column stamping when each label became known "
+                                      "(e.g. the landing time); overrides delay_hours where present.")
+    rule: str = Field(default="", description="How the label is derived from raw fields, for people.")
+
+
+class DataSpec(_Strict):
+    """Where the use case's history comes from, and its time and entity columns."""
+
+    time_col: str = Field(description="Event time of a row (UTC, or with an offset).")
+    id_col: str | None = Field(default=None, description="Unique event id (default: row number).")
+    entity_col: str | None = Field(default=None, description="Natural entity key; none = one global key.")
+    path: str | None = Field(default=None, description="CSV/parquet history, relative to the use-case folder.")
+    loader: str | None = Field(default=None, description="'module.py:function' in the folder returning the "
+                               "history frame (for shipped data read from an installed package).")
+    builtin: Literal["flights"] | None = Field(default=None, description="The 2013 flights through the "
+                                               "feature store (the engine's original pipeline).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        given = [k for k in ("path", "loader", "builtin") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, loader, builtin (got {given or 'none'})")
+        if self.loader and ":" not in self.loader:
+            raise ValueError(f"loader {self.loader!r}: must be 'file.py:function'")
+        return self
+
+
+class RequestField(_Strict):
+    """One field of the serving request, with the rule it is checked against."""
+
+    name: str
+    kind: FieldKind
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    description: str = ""
+
+
+class FeaturesSpec(_Strict):
+    """The model's feature contract: the Feast feature service and the features it yields."""
+
+    service: str = Field(description="Feast FeatureService name: training sets and serving both read it.")
+    names: list[str] = Field(min_length=1, description="Model features, in the order the model sees them.")
+    categorical: list[str] = Field(default_factory=list, description="Features LightGBM treats as categories.")
+    calendar: list[CalendarPart] = Field(default_factory=list, description="Calendar features derived from "
+                                         "the time column at request time.")
+    timezone: str = Field(default="UTC", description="Time zone of the calendar features.")
+
+    @model_validator(mode="after")
+    def _categorical_known(self) -> FeaturesSpec:
+        unknown = sorted(set(self.categorical) - set(self.names))
+        if unknown:
+            raise ValueError(f"categorical {unknown}: not among names")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("names: duplicate feature names")
+        return self
+
+
+class UseCaseSpec(_Strict):
+    """One use case, validated; `folder` is where it was read from (not part of the YAML)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Model name: registry, aliases, events use it.")
+    description: str = ""
+    objective: Objective
+    data: DataSpec
+    label: LabelSpec
+    prediction_offset_hours: float = Field(default=0.0, ge=0, description="A prediction is made this long "
+                                           "before the event time; features use only what was known then.")
+    features: FeaturesSpec
+    request: list[RequestField] = Field(default_factory=list, description="Serving request fields.")
+    slices: list[str] = Field(default_factory=list, description="Columns the gates check per value.")
+    model_params: dict[str, Any] = Field(default_factory=dict, description="LightGBM parameters.")
+    settings: dict[str, Any] = Field(default_factory=dict, description="Overrides of retrain's Settings.")
+    folder: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("settings")
+    @classmethod
+    def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from retrain.config import Settings
+
+        fixed = {"home", "database_url", "profile", "redis_url", "feast_registry_url", "usecase", "usecases_dir"}
+        unknown = sorted(k for k in value if k not in Settings.model_fields or k in fixed)
+        if unknown:
+            raise ValueError(f"{unknown}: not per-use-case settings (see `retrain usecases show NAME` for the list)")
+        return value
+
+    @model_validator(mode="after")
+    def _names_consistent(self) -> UseCaseSpec:
+        request = [f.name for f in self.request]
+        if len(set(request)) != len(request):
+            raise ValueError("request: duplicate field names")
+        if self.label.column in self.features.names:
+            raise ValueError(f"features.names: contains the label column {self.label.column!r} (leakage)")
+        return self
+
+    def source_file(self) -> Path | None:
+        """The history file, resolved against the folder (None when the data comes from elsewhere)."""
+        if self.data.path is None:
+            return None
+        path = Path(self.data.path).expanduser()
+        return path if path.is_absolute() or self.folder is None else (self.folder / path).resolve()
+
+    def summary(self) -> dict[str, Any]:
+        """What `retrain usecases list` shows."""
+        return {"name": self.name, "objective": self.objective, "label": self.label.column,
+                "feature_service": self.features.service, "features": len(self.features.names),
+                "folder": str(self.folder) if self.folder else None, "description": self.description}
