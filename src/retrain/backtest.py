@@ -55,7 +55,7 @@ from retrain.backtest_results import (
 )
 from retrain.config import Settings
 from retrain.gates import Decision, GateConfig, GateResult, decide
-from retrain.monitor import AlertSpec, build_reference_profile, monitor_frame
+from retrain.monitor import AlertSpec, monitor_frame
 from retrain.retraining import plan_windows
 from retrain.train import TrainingError, fit_with_settings, reference_profile
 
@@ -319,11 +319,7 @@ class Replay:
         t0 = time.perf_counter()
         result = fit_with_settings(frame, h.feature_names, self.settings, label=h.label, time_col=h.time_col,
                                    objective=h.objective)
-        if self.binary:
-            profile = reference_profile(self.settings, result, h.label, frame)
-        else:  # the profile's performance block is binary-only: drift rules still apply
-            profile = dict(build_reference_profile(result.valid_frame, result.feature_names, result.valid_scores,
-                                                   settings=self.settings))
+        profile = reference_profile(self.settings, result, h.label, frame, regression=not self.binary)
         seconds = time.perf_counter() - t0
         lo_ts, hi_ts = pd.Timestamp(lo).tz_convert("UTC"), pd.Timestamp(hi).tz_convert("UTC")
         fmt = "%Y%m%d%H" if (lo_ts.hour or hi_ts.hour) else "%Y%m%d"
@@ -362,11 +358,11 @@ class Replay:
             preds[name] = part[name].to_numpy()
         outcomes = pd.DataFrame({"flight_id": part[ROW_ID].to_numpy(),
                                  "landed_at": part[LABEL_TIME].reset_index(drop=True),
-                                 "late": part[h.label].to_numpy() if self.binary else np.nan})
+                                 "late": part[h.label].to_numpy()})
         lo, hi = self.bounds[k].to_pydatetime(), self.bounds[k + 1].to_pydatetime()
         result = monitor_frame(model.profile, preds, outcomes, settings=self.settings,
                                model_name=self.settings.model_name, model_version=model.name, window_from=lo,
-                               window_to=hi, as_of=hi)
+                               window_to=hi, as_of=hi, regression=not self.binary)
         out = (list(result.alerts), result.summary())
         self.monitoring[key] = out
         return out

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     monitor_auc_drop: float = Field(default=0.03, ge=0, description="AUC below champion baseline minus this.")
     monitor_auc_floor: float = Field(default=0.60, ge=0, le=1, description="AUC below this fires.")
     monitor_ece_threshold: float | None = Field(default=0.10, description="ECE above this fires; None=off.")
+    monitor_rmse_increase: float = Field(default=0.25, gt=0, description="Regression: RMSE on matured labels "
+                                         "above the champion's validation RMSE x (1 + this) fires.")
     # ledger: dedupe and cooldown
     monitor_dedupe_policy: Literal["champion", "champion_period", "window"] = Field(
         default="champion_period",

@@ -24,9 +24,11 @@ import pandas as pd
 from retrain.config import Settings
 from retrain.events import AlertKind, AlertPayload
 from retrain.monitor_stats import (
+    ErrorPerformance,
     FeatureDrift,
     Performance,
     as_float_array,
+    error_metrics,
     feature_drift,
     json_safe,
     numeric_drift,
@@ -84,6 +86,8 @@ class MonitoringResult:
     performance: Performance | None
     baseline_auc: float | None
     alerts: list[AlertSpec] = field(default_factory=list)
+    error: ErrorPerformance | None = None  # regression: error on matured labels
+    baseline_rmse: float | None = None
     run_id: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -104,6 +108,9 @@ class MonitoringResult:
             "ece": perf.ece if perf else None,
             "mean_predicted": perf.mean_predicted if perf else None,
             "observed_rate": perf.observed_rate if perf else None,
+            "rmse": self.error.rmse if self.error else None,
+            "mae": self.error.mae if self.error else None,
+            "baseline_rmse": self.baseline_rmse,
         })
 
     def metrics_json(self) -> dict[str, Any]:
@@ -115,6 +122,7 @@ class MonitoringResult:
             "features": {k: asdict(v) for k, v in self.features.items()},
             "prediction": asdict(self.prediction) if self.prediction else None,
             "performance": asdict(self.performance) if self.performance else None,
+            "error": asdict(self.error) if self.error else None,
             "seconds": self.seconds,
         })
 
@@ -188,6 +196,15 @@ def evaluate_rules(result: MonitoringResult, settings: Settings) -> list[AlertSp
             metric, value, threshold, _ = decay[0]
             reason = "; ".join(d[3] for d in decay) + f" on {result.n_labelled} matured labels"
             alerts.append(spec("performance_decay", metric, value, threshold, reason))
+    err = result.error
+    if (err is not None and err.rmse is not None and result.baseline_rmse is not None
+            and err.n >= settings.monitor_min_labels):
+        limit = result.baseline_rmse * (1.0 + settings.monitor_rmse_increase)
+        if err.rmse > limit:
+            alerts.append(spec("performance_decay", "rmse", err.rmse, limit,
+                               f"RMSE {err.rmse:.4g} > baseline {result.baseline_rmse:.4g} x "
+                               f"(1 + {settings.monitor_rmse_increase:g}) on {err.n} matured labels (mean "
+                               f"predicted {err.mean_predicted or 0:.4g} vs observed {err.observed_mean or 0:.4g})"))
     return alerts
 
 
@@ -219,8 +236,10 @@ def monitor_arrays(
     as_of: datetime,
     n_predictions: int | None = None,
     baseline: float | None = None,
+    regression: bool = False,
 ) -> MonitoringResult:
-    """Drift, performance and rules from arrays already in memory.
+    """Drift, performance and rules from arrays already in memory (`regression`: error decay on
+    matured values instead of AUC/ECE on matured 0/1 labels).
 
     `columns` maps each profiled feature to its window values (all predictions); `scores` are the
     monitored version's scores, one per flight, and `labels` their matured labels (NaN = not known
@@ -234,13 +253,17 @@ def monitor_arrays(
     score_arr = as_float_array(scores)
     label_arr = as_float_array(labels)
     prediction = numeric_drift("score", profile["score"], score_arr) if "score" in profile else None
-    perf = score_metrics(label_arr, score_arr)
+    perf = None if regression else score_metrics(label_arr, score_arr)
+    error = error_metrics(label_arr, score_arr) if regression else None
+    ref_rmse = (profile.get("error") or {}).get("rmse")
     n_pred = n_predictions if n_predictions is not None else max((d.n for d in drifts.values()), default=0)
     result = MonitoringResult(
         model_name=model_name, model_version=model_version, window_from=require_utc(window_from),
         window_to=require_utc(window_to), as_of=require_utc(as_of), n_predictions=int(n_pred),
-        n_scored=int(score_arr.size), n_labelled=perf.n, features=drifts, prediction=prediction, performance=perf,
-        baseline_auc=baseline if baseline is not None else baseline_auc(profile),
+        n_scored=int(score_arr.size), n_labelled=perf.n if perf else (error.n if error else 0), features=drifts,
+        prediction=prediction, performance=perf,
+        baseline_auc=None if regression else (baseline if baseline is not None else baseline_auc(profile)),
+        error=error, baseline_rmse=float(ref_rmse) if isinstance(ref_rmse, int | float) else None,
     )
     result.alerts = evaluate_rules(result, settings)
     return result
@@ -289,6 +312,7 @@ def monitor_frame(
     window_to: datetime,
     as_of: datetime,
     baseline: float | None = None,
+    regression: bool = False,
 ) -> MonitoringResult:
     """`monitor_arrays` over DataFrames (the backtest's entry point; no database).
 
@@ -305,5 +329,5 @@ def monitor_frame(
         profile, columns, joined["score"].to_numpy(),
         joined["label"].to_numpy(), settings=settings, model_name=model_name, model_version=model_version,
         window_from=window_from, window_to=window_to, as_of=as_of, n_predictions=len(predictions),
-        baseline=baseline,
+        baseline=baseline, regression=regression,
     )

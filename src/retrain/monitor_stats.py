@@ -122,12 +122,14 @@ def build_reference_profile(
     quantiles: int = 201,
     top_k: int = 30,
     settings: Settings | None = None,
+    regression: bool = False,
 ) -> dict[str, Any]:
     """The JSON-safe profile stored with a model version at training time.
 
     `frame` holds the reference rows (training or validation set), `scores` the model's scores on
     them. With `labels`, the profile also records the reference AUC/log loss/ECE, which monitoring
-    uses as the champion's baseline for the AUC-drop rule (pass the validation labels). `settings`,
+    uses as the champion's baseline for the AUC-drop rule (pass the validation labels; with
+    `regression`, RMSE and MAE, the baseline of the error-decay rule). `settings`,
     when given, supplies bins/quantiles/top_k (`monitor_profile_*`).
     """
     if settings is not None:
@@ -155,8 +157,11 @@ def build_reference_profile(
         y = as_float_array(labels)
         if y.size != score_arr.size:
             raise ValueError(f"labels: {y.size} labels for {score_arr.size} scores")
-        perf = score_metrics(y, score_arr)
-        profile["performance"] = {k: v for k, v in asdict(perf).items() if k != "calibration"}
+        if regression:  # the baseline of the error-decay rule
+            profile["error"] = asdict(error_metrics(y, score_arr))
+        else:
+            perf = score_metrics(y, score_arr)
+            profile["performance"] = {k: v for k, v in asdict(perf).items() if k != "calibration"}
     return json_safe(profile)  # type: ignore[no-any-return]
 
 
@@ -301,6 +306,29 @@ class Performance:
     observed_rate: float | None
     ece: float | None
     calibration: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ErrorPerformance:
+    """Regression quality on matured labels."""
+
+    n: int
+    rmse: float | None
+    mae: float | None
+    mean_predicted: float | None
+    observed_mean: float | None
+
+
+def error_metrics(y: Any, pred: Any) -> ErrorPerformance:
+    """RMSE, MAE and means of predictions `pred` against values `y` (NaN rows: not labelled yet)."""
+    y_arr, p_arr = as_float_array(y), as_float_array(pred)
+    keep = ~(np.isnan(y_arr) | np.isnan(p_arr))
+    y_arr, p_arr = y_arr[keep], p_arr[keep]
+    if y_arr.size == 0:
+        return ErrorPerformance(0, None, None, None, None)
+    err = p_arr - y_arr
+    return ErrorPerformance(int(y_arr.size), float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err))),
+                            float(p_arr.mean()), float(y_arr.mean()))
 
 
 def score_metrics(y: Any, p: Any, bins: int = 10) -> Performance:

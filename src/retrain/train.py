@@ -312,7 +312,7 @@ def feast_frame_provider(settings: Settings, *, shared: bool = False) -> FramePr
 
 
 def reference_profile(settings: Settings, result: TrainResult, label: str,
-                      frame: pd.DataFrame | None = None) -> dict[str, Any]:
+                      frame: pd.DataFrame | None = None, *, regression: bool = False) -> dict[str, Any]:
     """The monitoring baseline: feature distributions over the whole training window (`frame`),
     scores and the baseline AUC on the validation rows (honest, out-of-sample).
 
@@ -326,7 +326,8 @@ def reference_profile(settings: Settings, result: TrainResult, label: str,
                            "reference profile the monitor needs") from exc
     valid = result.valid_frame
     profile = dict(build_reference_profile(
-        valid, result.feature_names, result.valid_scores, labels=valid[label].to_numpy(), settings=settings))
+        valid, result.feature_names, result.valid_scores, labels=valid[label].to_numpy(), settings=settings,
+        regression=regression))
     if frame is not None and len(frame) > len(valid):
         whole = build_reference_profile(frame, result.feature_names, np.zeros(len(frame)), settings=settings)
         profile["features"] = whole["features"]
