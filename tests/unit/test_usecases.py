@@ -236,3 +236,18 @@ def test_cli_init_then_list_and_show(home: Path) -> None:
     again = subprocess.run([exe, "init", "shop", "--data", str(data), "--time-col", "day", "--label-col",
                             "churned"], capture_output=True, text=True)
     assert again.returncode != 0 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize(("n_entities", "is_feature"), [(12, True), (400, False)])
+def test_init_uses_a_small_entity_as_feature_and_slice(home: Path, n_entities: int, is_feature: bool) -> None:
+    rng = np.random.default_rng(3)
+    n = 2000
+    frame = pd.DataFrame({"ts": pd.date_range("2023-01-01", periods=n, freq="h", tz="UTC").strftime("%Y-%m-%dT%H:%MZ"),
+                          "who": [f"e{i}" for i in rng.integers(0, n_entities, n)], "price": rng.uniform(1, 5, n),
+                          "units": rng.normal(50, 5, n)})
+    frame.to_csv(home / "h.csv", index=False)
+    spec = init_usecase("sales", home / "h.csv", settings=base_settings(), time_col="ts", label_col="units",
+                        entity_col="who", regression=True).spec
+    assert spec.data.entity_col == "who"
+    assert ("who" in spec.features.names) is is_feature and ("who" in spec.slices) is is_feature
+    assert ("who" in spec.features.categorical) is is_feature

@@ -26,6 +26,7 @@ from retrain.usecase.sizing import MAX_WINDOW_DAYS, MIN_EVAL_ROWS, Volume, sized
 from retrain.usecase.spec import NAME_PATTERN, SPEC_FILE, UseCaseSpec
 
 CONTRACT_FILE = "contract.yaml"
+MAX_ENTITY_CATEGORIES = 50
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,20 @@ def _request_fields(contract: DataContract) -> list[dict[str, Any]]:
 
 
 def build_spec(name: str, contract: DataContract, *, data_path: Path, calendar: list[str],
-               label_delay_hours: float, sized: dict[str, Any]) -> dict[str, Any]:
-    """The `usecase.yaml` mapping for an inferred contract."""
+               label_delay_hours: float, sized: dict[str, Any], entity_values: int | None = None) -> dict[str, Any]:
+    """The `usecase.yaml` mapping for an inferred contract.
+
+    An entity with few distinct values (stores, regions: at most MAX_ENTITY_CATEGORIES) is also a
+    categorical feature and the first slice; a high-cardinality one (customers) is only a key.
+    """
     feats = [c for c in contract.columns if c.role == "feature"]
     names = [c.name for c in feats] + [feature_name(contract.time_col, p) for p in calendar]
     categorical = [c.name for c in feats if c.kind == "category"]
     slices = [c.name for c in feats if c.kind == "category" and c.categories and len(c.categories) <= 20][:2]
+    if contract.entity_col and entity_values is not None and entity_values <= MAX_ENTITY_CATEGORIES:
+        names.insert(0, contract.entity_col)
+        categorical.insert(0, contract.entity_col)
+        slices = [contract.entity_col, *slices][:2]
     return {
         "name": name,
         "description": f"Scaffolded by `retrain init` from {data_path.name}.",
@@ -121,8 +130,9 @@ def init_usecase(name: str, data: Path, *, settings: Settings, time_col: str, la
                              f"evaluation window would hold fewer than {MIN_EVAL_ROWS} rows; retraining needs more "
                              "history")
     sized = sized_settings(volume, settings)
+    entity_values = int(frame[entity_col].nunique()) if entity_col else None
     spec_map = build_spec(name, contract, data_path=data, calendar=list(calendar),
-                          label_delay_hours=label_delay_hours, sized=sized)
+                          label_delay_hours=label_delay_hours, sized=sized, entity_values=entity_values)
     parent = (into or target_dir(settings)).expanduser().resolve()
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / name
