@@ -269,7 +269,7 @@ def evaluation_of(loop: Loop, alert: Alert) -> tuple[Evaluation, ModelVersion, M
 
 
 def test_alert_storm_runs_one_retrain_and_records_the_rest(loop: Loop) -> None:
-    """20 alerts in under 2 s: half share a dedupe key, half have their own. One retrain; every other
+    """20 alerts in a burst: half share a dedupe key, half have their own. One retrain; every other
     alert is cancelled by the concurrency limit or deduplicated by the ledger, and recorded."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -282,8 +282,10 @@ def test_alert_storm_runs_one_retrain_and_records_the_rest(loop: Loop) -> None:
                                     "dedupe_key": k, "source": "monitor"})
            for i, k in enumerate(keys)]
     posting = time.perf_counter() - t0
-    assert posting < 2.0, f"posting 20 events took {posting:.2f} s"
-    by_event = loop.wait_runs(ids)
+    by_event = loop.wait_runs(ids)  # always wait: a run left behind would cancel the next tests' runs
+    # The storm must land while the first retrain still runs (~20 s): on a loaded machine posting took
+    # 3.5 s, which is still a storm; only a post slower than a retrain would change the scenario.
+    assert posting < 10.0, f"posting 20 events took {posting:.2f} s: not a storm any more"
     print(f"storm: 20 events posted in {posting:.2f} s, all runs final after {time.perf_counter() - t0:.1f} s")
 
     assert all(len(rs) == 1 for rs in by_event.values()), "each event starts exactly one flow run"
