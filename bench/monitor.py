@@ -116,18 +116,19 @@ def build(tmp: Path, rows: int, seed: int, database_url: str | None = None
     records = [{k: (None if v != v else v) for k, v in rec.items()}  # NaN -> JSON null
                for rec in cur[MODEL_FEATURES].to_dict("records")]
     pred_rows: list[dict[str, Any]] = [
-        {"request_id": f"r{i}", "flight_id": f"f{i}", "model_name": "flight_delay", "model_version": "v1",
-         "predicted_at": predicted_at[i], "sched_dep": predicted_at[i] + timedelta(hours=2),
-         "carrier": cur["carrier"].iat[i], "origin": cur["origin"].iat[i], "dest": cur["dest"].iat[i],
-         "tailnum": "N1", "features": records[i], "missing_features": [], "score": float(cur_scores[i])}
+        {"request_id": f"r{i}", "entity_key": f"f{i}", "model_name": "flight_delay", "model_version": "v1",
+         "predicted_at": predicted_at[i], "event_time": predicted_at[i] + timedelta(hours=2),
+         "attributes": {"carrier": cur["carrier"].iat[i], "origin": cur["origin"].iat[i],
+                        "dest": cur["dest"].iat[i], "tailnum": "N1"},
+         "features": records[i], "missing_features": [], "score": float(cur_scores[i])}
         for i in range(rows)
     ]
     as_of = t0 + timedelta(days=7)
     matured = rng.random(rows) < 0.7
     out_rows = [
-        {"flight_id": f"f{i}", "sched_dep": predicted_at[i] + timedelta(hours=2),
-         "landed_at": (predicted_at[i] + timedelta(hours=5)) if matured[i] else as_of + timedelta(days=1),
-         "arr_delay": 30.0 if late[i] else 0.0, "late": bool(late[i])}
+        {"model_name": "flight_delay", "entity_key": f"f{i}", "event_time": predicted_at[i] + timedelta(hours=2),
+         "available_at": (predicted_at[i] + timedelta(hours=5)) if matured[i] else as_of + timedelta(days=1),
+         "label": float(late[i]), "detail": {"arr_delay": 30.0 if late[i] else 0.0}}
         for i in range(rows)
     ]
     with db.transaction(sessions) as s:

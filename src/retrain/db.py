@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -180,20 +179,23 @@ class Evaluation(Base):
 
 
 class Prediction(Base):
-    """One served prediction, with the features used and the shadow challenger's score."""
+    """One served prediction of any use case, with the features used and the shadow challenger's score.
+
+    `entity_key` names the row the prediction is about (a flight id for flights), `event_time` the
+    event it predicts (the scheduled departure), `attributes` the request's identifying fields used
+    for slicing and monitoring (e.g. carrier, origin, dest, tailnum). `score` is the probability,
+    or for regression the predicted value. Migration 0003 moved the flight columns here.
+    """
 
     __tablename__ = "predictions"
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(64), index=True)
-    flight_id: Mapped[str] = mapped_column(String(64), index=True)
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(128), index=True)
     predicted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    sched_dep: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    carrier: Mapped[str] = mapped_column(String(8))
-    origin: Mapped[str] = mapped_column(String(8))
-    dest: Mapped[str] = mapped_column(String(8))
-    tailnum: Mapped[str] = mapped_column(String(16))
+    entity_key: Mapped[str] = mapped_column(String(128), index=True)
+    event_time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     features: Mapped[dict[str, Any]] = mapped_column(JSON)
     missing_features: Mapped[list[Any]] = mapped_column(JSON, default=list)
     score: Mapped[float] = mapped_column(Float)
@@ -202,14 +204,19 @@ class Prediction(Base):
 
 
 class Outcome(Base):
-    """A flight's matured label: known only once the flight has landed."""
+    """A matured label of one use case's row, known only from `available_at` on (a flight: once landed).
+
+    `label` is 0/1 for a binary target, the value for regression; `detail` holds domain extras
+    (e.g. {"arr_delay": 37.0} for flights).
+    """
 
     __tablename__ = "outcomes"
-    flight_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    sched_dep: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    landed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    arr_delay: Mapped[float] = mapped_column(Float)
-    late: Mapped[bool] = mapped_column(Boolean)
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    entity_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    event_time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    label: Mapped[float] = mapped_column(Float)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("ingestion_batches.id"))
 
 

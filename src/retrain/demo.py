@@ -318,8 +318,9 @@ def monthly_table(settings: Settings, baseline_version: str) -> pd.DataFrame:
 
     sessions = open_registry(settings)
     with sessions() as s:
-        preds = pd.DataFrame(s.execute(select(Prediction.flight_id, Prediction.sched_dep, Prediction.score,
-                                              Prediction.features, Prediction.model_version)).all(),
+        preds = pd.DataFrame(s.execute(select(Prediction.entity_key, Prediction.event_time, Prediction.score,
+                                              Prediction.features, Prediction.model_version)
+                                       .where(Prediction.model_name == settings.model_name)).all(),
                              columns=["flight_id", "sched_dep", "score", "features", "model_version"])
         base = s.scalars(select(ModelVersion).where(ModelVersion.version == baseline_version)).one()
         alerts = pd.DataFrame(s.execute(select(Alert.received_at, Alert.outcome)).all(),

@@ -13,6 +13,7 @@ batch leaves neither a part nor a database row behind (only a "failed" record sa
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -267,30 +268,33 @@ def _py_utc(value: Any) -> datetime | None:
 # --------------------------------------------------------------------------- SQL bulk writes
 
 
-def _insert_outcomes(session: Session, outcomes: pd.DataFrame, batch_id: int) -> None:
-    """Bulk insert outcome rows inside the session's transaction.
+def _insert_outcomes(session: Session, outcomes: pd.DataFrame, batch_id: int, model_name: str) -> None:
+    """Bulk insert outcome rows inside the session's transaction, as the use case `model_name`'s labels.
 
+    The SQL row is generic: flight_id -> entity_key, sched_dep -> event_time, landed_at ->
+    available_at, late -> label (0.0/1.0), arr_delay -> detail {"arr_delay": ...}.
     A year is 327k rows: SQLite goes through the driver's executemany and PostgreSQL (psycopg)
     through COPY, each about 5x faster than Core's executemany; other backends use Core.
     """
     if outcomes.empty:
         return
     conn = session.connection()
-    columns = "flight_id, sched_dep, landed_at, arr_delay, late, batch_id"
+    columns = "model_name, entity_key, event_time, available_at, label, detail, batch_id"
     rows = list(
         zip(
+            [model_name] * len(outcomes),
             outcomes["flight_id"].astype(str).tolist(),
             _naive_utc_text(outcomes["sched_dep"]),
             _naive_utc_text(outcomes["landed_at"]),
-            outcomes["arr_delay"].astype("float64").tolist(),
-            outcomes["late"].astype(bool).tolist(),
+            outcomes["late"].astype(bool).astype("float64").tolist(),
+            [json.dumps({"arr_delay": a}, allow_nan=False) for a in outcomes["arr_delay"].astype("float64").tolist()],
             [int(batch_id)] * len(outcomes),
             strict=True,
         )
     )
     if conn.dialect.name == "sqlite":
         # the text format SQLAlchemy's SQLite DATETIME stores (a unit test reads it back via the ORM)
-        conn.exec_driver_sql(f"INSERT INTO outcomes ({columns}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.exec_driver_sql(f"INSERT INTO outcomes ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         return
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         driver = conn.connection.driver_connection
@@ -300,9 +304,9 @@ def _insert_outcomes(session: Session, outcomes: pd.DataFrame, batch_id: int) ->
                 copy.write_row(row)
         return
     params = [
-        {"flight_id": f, "sched_dep": _py_utc(sd), "landed_at": _py_utc(la), "arr_delay": a, "late": lt,
-         "batch_id": b}
-        for f, sd, la, a, lt, b in rows
+        {"model_name": m, "entity_key": k, "event_time": _py_utc(et), "available_at": _py_utc(av), "label": lb,
+         "detail": json.loads(d), "batch_id": b}
+        for m, k, et, av, lb, d, b in rows
     ]
     session.execute(insert(Outcome), params)
 
@@ -423,7 +427,7 @@ def _land(
                 )
                 written.append(q_path)
             _insert_quarantine(session, quarantine, raw_columns, batch_id)
-            _insert_outcomes(session, outcomes, batch_id)
+            _insert_outcomes(session, outcomes, batch_id, settings.model_name)
             accepted = len(flights) if kind == "flights" and flights is not None else len(outcomes)
             sched = flights["sched_dep"] if kind == "flights" and flights is not None else outcomes["sched_dep"]
             batch.accepted = accepted

@@ -372,9 +372,9 @@ class ServingRuntime:
                 dest=f.dest, tailnum=f.tailnum, sched_dep=f.sched_dep, delay_probability=score,
                 predicted_late=score >= threshold, model_version=version, missing_features=missing))
             rows.append({
-                "request_id": request_id, "flight_id": ids[i], "model_name": self.settings.model_name,
-                "model_version": version, "predicted_at": now, "sched_dep": f.sched_dep, "carrier": f.carrier,
-                "origin": f.origin, "dest": f.dest, "tailnum": f.tailnum or "",
+                "request_id": request_id, "model_name": self.settings.model_name, "model_version": version,
+                "predicted_at": now, "entity_key": ids[i], "event_time": f.sched_dep,
+                "attributes": {"carrier": f.carrier, "origin": f.origin, "dest": f.dest, "tailnum": f.tailnum or ""},
                 "features": dict(zip(self.features, values[i], strict=True)), "missing_features": missing,
                 "score": score, "shadow_version": None, "shadow_score": None})
         self.predlog.submit(LogBatch(rows, matrix))

@@ -429,8 +429,8 @@ def test_database_outage_loses_no_prediction(production: tuple[Server, Any, Any]
     assert wait_for(lambda: metric_sum(srv, "retrain_predlog_replayed_rows_total") == spilled, 10.0)
     assert not list((settings.home / "spill").glob("predictions-*"))
     with sessions() as s:  # replay inserted nothing twice
-        dupes = s.execute(select(Prediction.request_id, Prediction.flight_id, func.count())
-                          .group_by(Prediction.request_id, Prediction.flight_id).having(func.count() > 1)).all()
+        dupes = s.execute(select(Prediction.request_id, Prediction.entity_key, func.count())
+                          .group_by(Prediction.request_id, Prediction.entity_key).having(func.count() > 1)).all()
     assert not dupes
     print(f"\ndatabase outage: {served_while_down} requests answered while down, {int(spilled)} rows spilled "
           "and replayed, 0 lost")

@@ -72,7 +72,7 @@ def test_ingest_replay_and_refusals_on_postgres(pg_home: Home, tmp_path: Path) -
     assert replay_until(s, f, "2013-01-02T14:00:00Z", clock=clock).batch_ids == []
 
     with f() as session:
-        sql_outcomes = {o.flight_id: o for o in session.scalars(select(db.Outcome))}
+        sql_outcomes = {o.entity_key: o for o in session.scalars(select(db.Outcome))}
         quarantined = session.scalar(select(func.count()).select_from(db.QuarantinedRow))
         statuses = [b.status for b in session.scalars(select(db.IngestionBatch).order_by(db.IngestionBatch.id))]
     parquet = offline.read_table(s, offline.OUTCOMES)
@@ -81,8 +81,9 @@ def test_ingest_replay_and_refusals_on_postgres(pg_home: Home, tmp_path: Path) -
     for fid, sched, landed, delay, late in zip(*(sample[c].tolist() for c in (
             "flight_id", "sched_dep", "landed_at", "arr_delay", "late")), strict=True):
         o = sql_outcomes[fid]
-        assert (o.sched_dep, o.landed_at) == (sched.to_pydatetime(), landed.to_pydatetime())
-        assert (o.arr_delay, o.late) == (delay, late)
+        assert o.model_name == s.model_name
+        assert (o.event_time, o.available_at) == (sched.to_pydatetime(), landed.to_pydatetime())
+        assert (o.detail, o.label) == ({"arr_delay": delay}, float(late))
     assert quarantined == 5
     assert statuses[:3] == ["landed", "duplicate", "rejected"]
     landed = offline.read_table(s, offline.FLIGHTS)

@@ -108,13 +108,14 @@ def test_outcomes_table_reads_back_what_the_bulk_insert_wrote(home: Home) -> Non
     parquet = offline.read_table(home.settings, offline.OUTCOMES)
     assert parquet is not None
     with home.sessions() as s:
-        sql = {o.flight_id: o for o in s.scalars(select(db.Outcome))}
+        sql = {o.entity_key: o for o in s.scalars(select(db.Outcome))}
     assert len(sql) == len(parquet)
     for fid, sched, landed, delay, late in zip(*(parquet[c].tolist() for c in (
             "flight_id", "sched_dep", "landed_at", "arr_delay", "late")), strict=True):
         o = sql[fid]
-        assert (o.sched_dep, o.landed_at) == (sched.to_pydatetime(), landed.to_pydatetime())
-        assert (o.arr_delay, o.late) == (delay, late)
+        assert o.model_name == home.settings.model_name
+        assert (o.event_time, o.available_at) == (sched.to_pydatetime(), landed.to_pydatetime())
+        assert (o.detail, o.label) == ({"arr_delay": delay}, float(late))
 
 
 def test_same_content_again_adds_nothing_and_says_so(home: Home, tmp_path: Path) -> None:

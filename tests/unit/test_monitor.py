@@ -312,18 +312,18 @@ def log_predictions(sessions: db.sessionmaker[db.Session], frame: pd.DataFrame, 
                     at: datetime = T0, landed: datetime | None = None) -> None:
     records: list[dict[str, Any]] = frame.to_dict("records")  # type: ignore[assignment]
     rows = [
-        {"request_id": f"r-{version}-{i}", "flight_id": r["flight_id"], "model_name": "m",
-         "model_version": version, "predicted_at": at + timedelta(seconds=i), "sched_dep": at,
-         "carrier": r["carrier"], "origin": "EWR", "dest": "ORD", "tailnum": "N1", "score": float(r["score"]),
-         "features": {name: float(r[name]) for name in FEATURES}}
+        {"request_id": f"r-{version}-{i}", "entity_key": r["flight_id"], "model_name": "m",
+         "model_version": version, "predicted_at": at + timedelta(seconds=i), "event_time": at,
+         "attributes": {"carrier": r["carrier"], "origin": "EWR", "dest": "ORD", "tailnum": "N1"},
+         "score": float(r["score"]), "features": {name: float(r[name]) for name in FEATURES}}
         for i, r in enumerate(records)
     ]
     with db.transaction(sessions) as s:
         s.execute(insert(db.Prediction), rows)
         if landed is not None:
             s.execute(insert(db.Outcome), [
-                {"flight_id": r["flight_id"], "sched_dep": at, "landed_at": landed, "arr_delay": 0.0,
-                 "late": bool(r["late"])} for r in records])
+                {"model_name": "m", "entity_key": r["flight_id"], "event_time": at, "available_at": landed,
+                 "label": float(r["late"]), "detail": {"arr_delay": 0.0}} for r in records])
 
 
 def test_run_monitoring_counts_matured_labels_and_writes_a_run(tmp_path: Path) -> None:

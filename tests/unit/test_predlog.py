@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -42,9 +43,10 @@ def sessions(tmp_path: Path) -> Switchable:
 
 
 def rows(request_id: str, n: int) -> list[dict[str, Any]]:
-    return [{"request_id": request_id, "flight_id": f"{request_id}-{i}", "model_name": "flight_delay",
-             "model_version": "v1", "predicted_at": T0, "sched_dep": T0 + timedelta(minutes=i), "carrier": "UA",
-             "origin": "EWR", "dest": "IAH", "tailnum": "", "features": clean_features(["a", "b"], [1.0, float("nan")]),
+    return [{"request_id": request_id, "model_name": "flight_delay", "model_version": "v1", "predicted_at": T0,
+             "entity_key": f"{request_id}-{i}", "event_time": T0 + timedelta(minutes=i),
+             "attributes": {"carrier": "UA", "origin": "EWR", "dest": "IAH", "tailnum": ""},
+             "features": clean_features(["a", "b"], [1.0, float("nan")]),
              "missing_features": ["b"], "score": 0.25 + i / 1000, "shadow_version": None, "shadow_score": None}
             for i in range(n)]
 
@@ -65,8 +67,9 @@ def test_flush_writes_rows_with_json_safe_features(sessions: Switchable, tmp_pat
     assert plog.pending == 5
     assert plog.flush_once() == 5
     got = logged(sessions)
-    assert [r.flight_id for r in got] == ["r1-0", "r1-1", "r1-2", "r2-0", "r2-1"]
-    assert got[0].features == {"a": 1.0, "b": None} and got[0].sched_dep == T0
+    assert [r.entity_key for r in got] == ["r1-0", "r1-1", "r1-2", "r2-0", "r2-1"]
+    assert got[0].features == {"a": 1.0, "b": None} and got[0].event_time == T0
+    assert got[0].attributes == {"carrier": "UA", "origin": "EWR", "dest": "IAH", "tailnum": ""}
     assert plog.tally.n_written == 5 and plog.tally.n_spilled == 0
 
 
@@ -83,7 +86,7 @@ def test_database_down_spills_then_replays_everything_once(sessions: Switchable,
     sessions.down = False
     plog.submit(LogBatch(rows("back", 1)))
     plog.flush_once(replay_budget_s=30)
-    ids = Counter(r.flight_id for r in logged(sessions))
+    ids = Counter(r.entity_key for r in logged(sessions))
     assert sum(ids.values()) == 2 + 20 + 1 and max(ids.values()) == 1
     assert plog.tally.n_replayed == 20 and not SpillDir(tmp_path / "spill").sealed()
     # timestamps survive the JSON round trip as aware UTC
@@ -103,9 +106,30 @@ def test_two_workers_replaying_one_spill_dir_insert_each_row_once(sessions: Swit
         t.start()
     for t in threads:
         t.join()
-    ids = Counter(r.flight_id for r in logged(sessions))
+    ids = Counter(r.entity_key for r in logged(sessions))
     assert len(ids) == 200 and max(ids.values()) == 1
     assert sum(lg.tally.n_replayed for lg in logs) == 200
+
+
+def test_spill_file_of_the_flight_only_layout_still_replays(sessions: Switchable, tmp_path: Path) -> None:
+    """A spill file written before migration 0003 (flight_id, sched_dep, carrier, ...) replays mapped."""
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    legacy = [{"request_id": "old", "flight_id": f"old-{i}", "model_name": "flight_delay", "model_version": "v1",
+               "predicted_at": T0.isoformat(), "sched_dep": (T0 + timedelta(minutes=i)).isoformat(),
+               "carrier": "B6", "origin": "JFK", "dest": "BOS", "tailnum": "N123",
+               "features": {"a": 1.0, "b": None}, "missing_features": ["b"], "score": 0.5,
+               "shadow_version": "v2", "shadow_score": 0.4} for i in range(3)]
+    (spill_dir / "predictions-20130210T110000000000-1-abcdef01.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in legacy), encoding="utf-8")
+    plog = make_log(sessions, tmp_path)
+    plog.flush_once(replay_budget_s=30)
+    got = logged(sessions)
+    assert [r.entity_key for r in got] == ["old-0", "old-1", "old-2"]
+    assert [r.event_time for r in got] == [T0 + timedelta(minutes=i) for i in range(3)]
+    assert got[0].attributes == {"carrier": "B6", "origin": "JFK", "dest": "BOS", "tailnum": "N123"}
+    assert got[0].predicted_at == T0 and got[0].shadow_version == "v2" and got[0].shadow_score == 0.4
+    assert plog.tally.n_replayed == 3 and not SpillDir(spill_dir).sealed()
 
 
 def test_claim_left_by_a_dead_process_is_released(sessions: Switchable, tmp_path: Path) -> None:

@@ -134,6 +134,10 @@ def test_predict_model_and_log(app_env: Any) -> None:
     assert [r.request_id for r in rows[:2]] == [body["request_id"]] * 2 and len(rows) == 3
     assert rows[1].missing_features == PLANE_FEATURES and rows[1].features["plane_year"] is None
     assert rows[0].score == pytest.approx(expected[0], rel=1e-12)
+    # the generic row: entity key, event time and the request's identifying fields as attributes
+    assert rows[0].model_name == settings.model_name and rows[0].entity_key == "2013-02-10_UA1545_EWR_0615"
+    assert rows[0].event_time == pd.Timestamp("2013-02-10T11:15Z").to_pydatetime()
+    assert rows[0].attributes == {"carrier": "UA", "origin": "EWR", "dest": "IAH", "tailnum": KNOWN_TAIL}
 
 
 def test_no_champion_is_not_ready_and_refuses(app_env: Any, tmp_path: Path) -> None:
