@@ -353,6 +353,7 @@ def train_version(
     *,
     label: str = "late",
     time_col: str = "sched_dep",
+    objective: Objective = "binary",
 ) -> TrainedVersion:
     """Build the training set for [start, end), fit, save to the model store, register a candidate.
 
@@ -373,9 +374,10 @@ def train_version(
     if times.min() < pd.Timestamp(lo) or times.max() >= pd.Timestamp(hi):
         raise TrainingError(f"{time_col}: the training set has rows outside [{lo.isoformat()}, {hi.isoformat()})")
     t_set = time.perf_counter()
-    result = fit_with_settings(frame, tset.feature_names, settings, label=label, time_col=time_col)
+    result = fit_with_settings(frame, tset.feature_names, settings, label=label, time_col=time_col,
+                               objective=objective)
     t_fit = time.perf_counter()
-    profile = json_safe(reference_profile(settings, result, label, frame))
+    profile = json_safe(reference_profile(settings, result, label, frame, regression=objective == "regression"))
     t_profile = time.perf_counter()
     meta = result.metadata
     bento_meta = json_safe({
