@@ -54,7 +54,8 @@ from retrain.backtest_results import (
     settings_used,
 )
 from retrain.config import Settings
-from retrain.gates import Decision, GateConfig, GateResult, decide
+from retrain.gates import GateConfig, decide
+from retrain.gates_regression import decide_regression
 from retrain.monitor import AlertSpec, monitor_frame
 from retrain.retraining import plan_windows
 from retrain.train import TrainingError, fit_with_settings, reference_profile
@@ -182,28 +183,6 @@ class _Ledger:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def regression_decision(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, config: GateConfig) -> Decision:
-    """Thin adapter: the production gates are binary-only (AUC floor, AUC/log-loss/Brier bootstrap),
-    so a regression challenger is held to the same paired-bootstrap rule on squared error (lower bound
-    of the MSE gain at `gate_confidence` above `gate_improvement_margin`)."""
-    gain = (champion - y) ** 2 - (challenger - y) ** 2
-    rng = np.random.default_rng(config.seed)
-    diffs = np.empty(config.bootstrap_resamples)
-    for lo in range(0, config.bootstrap_resamples, 100):
-        k = min(100, config.bootstrap_resamples - lo)
-        diffs[lo:lo + k] = gain[rng.integers(0, y.size, size=(k, y.size))].mean(axis=1)
-    lower = float(np.quantile(diffs, 1.0 - config.confidence))
-    ok = lower > config.improvement_margin
-    rmse = {"challenger": float(np.sqrt(np.mean((challenger - y) ** 2))),
-            "champion": float(np.sqrt(np.mean((champion - y) ** 2)))}
-    gate = GateResult("improvement", ok, lower, config.improvement_margin,
-                      f"MSE gain {float(gain.mean()):+.4g}, {config.confidence:.0%} lower bound {lower:+.4g} "
-                      f"{'>' if ok else '<='} margin {config.improvement_margin:+.4g} (RMSE {rmse['challenger']:.4g} "
-                      f"vs champion {rmse['champion']:.4g})")
-    reasons = [f"improvement: {gate.detail}"] if ok else [f"improvement failed: {gate.detail}"]
-    return Decision("promote" if ok else "reject", reasons, [gate], {"rmse": rmse})
 
 
 class Replay:
@@ -402,14 +381,17 @@ class Replay:
         y = self.y[eval_idx]
         chal, champ = self.predict(challenger, eval_idx), self.predict(champion, eval_idx)
         rec.eval_rows = int(eval_idx.size)
+        part = self.h.frame.iloc[eval_idx]
+        slices = {c: part[c].to_numpy() for c in self.h.slice_columns}
+        fs = self.h.feature_service
+        services = (fs, fs) if fs else None
         if self.binary:
-            part = self.h.frame.iloc[eval_idx]
-            slices = {c: part[c].to_numpy() for c in self.h.slice_columns}
-            fs = self.h.feature_service
             decision = decide(y.astype(bool), chal, champ, config=self.gate_config, slices=slices or None,
-                              feature_services=(fs, fs) if fs else None)
+                              feature_services=services)
         else:
-            decision = regression_decision(y, chal, champ, self.gate_config)
+            decision = decide_regression(y, chal, champ, config=self.gate_config,
+                                         metric=self.settings.gate_regression_metric, slices=slices or None,
+                                         feature_services=services)
         rec.outcome = "promoted" if decision.promote else "rejected"
         rec.reasons = list(decision.reasons)
         rec.gates = [g.to_dict() for g in decision.gates]

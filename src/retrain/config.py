@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     eval_min_rows: int = 1000
     gate_auc_floor: float = 0.60
     gate_metric: Literal["auc", "log_loss", "brier"] = "auc"
+    gate_regression_metric: Literal["rmse", "mae"] = Field(
+        default="rmse", description="Regression: the loss the gates bootstrap (squared or absolute error).")
     gate_improvement_margin: float = 0.0
     gate_bootstrap_resamples: int = 1000
     gate_confidence: float = 0.95

@@ -29,6 +29,7 @@ from retrain import registry
 from retrain.config import Settings
 from retrain.db import Evaluation, ModelVersion
 from retrain.gates import Decision, GateConfig, GateResult, ServingStats, SliceResult, decide
+from retrain.gates_regression import decide_regression
 from retrain.train import FrameProvider
 
 if TYPE_CHECKING:
@@ -269,7 +270,8 @@ def _evaluate(settings: Settings, sessions: sessionmaker[Session], challenger: M
     if len(frame) < settings.eval_min_rows:
         raise EvaluationRefused(f"window [{start.isoformat()}, {end.isoformat()}): {len(frame)} labelled rows, "
                                 f"need at least {settings.eval_min_rows} (eval_min_rows)")
-    y = frame[label].to_numpy().astype(bool)
+    regression = str((challenger.params or {}).get("objective", "binary")) == "regression"
+    y = frame[label].to_numpy(dtype="float64") if regression else frame[label].to_numpy().astype(bool)
     chal_booster = _load(settings, challenger)
     chal_x = _features(chal_booster, frame, "challenger")
     chal_scores = np.asarray(chal_booster.predict(chal_x, num_threads=settings.num_threads), dtype="float64")
@@ -286,8 +288,14 @@ def _evaluate(settings: Settings, sessions: sessionmaker[Session], challenger: M
         serving = ServingStats(lat[0], challenger.model_size_bytes, lat[1], champion.model_size_bytes)
         services = (challenger.feature_service, champion.feature_service)
     slices = {c: frame[c].to_numpy() for c in slice_columns if c in frame.columns}
-    decision = decide(y, chal_scores, champ_scores, config=config, slices=slices, serving=serving,
-                      feature_services=services, migration=feature_migration)
+    if regression:
+        decision = decide_regression(y, chal_scores, champ_scores, config=config,
+                                     metric=settings.gate_regression_metric, slices=slices, serving=serving,
+                                     feature_services=services, migration=feature_migration)
+        write_report = False  # the report's plots (ROC, calibration) are for binary scores
+    else:
+        decision = decide(y, chal_scores, champ_scores, config=config, slices=slices, serving=serving,
+                          feature_services=services, migration=feature_migration)
     extra = {"window_rows": len(frame), "feature_migration": feature_migration}
 
     data = reports.ReportData(settings.model_name, challenger.version, champion.version if champion else None,
@@ -309,7 +317,7 @@ def _evaluate(settings: Settings, sessions: sessionmaker[Session], challenger: M
                                 champion.version if champion else None, start, end, len(frame), decision, html)
     log.info("evaluation %d: %s %s vs %s", evaluation_id, decision.decision, challenger.version,
              champion.version if champion else "none")
-    if reports.in_prefect_run():
+    if reports.in_prefect_run() and not regression:
         reports.publish_artifacts(data, evaluation_id, html)
     if not decision.promote:
         outcome.event_sent = promotion.emit_decision(settings, promotion.EVENT_REJECTED, {

@@ -233,7 +233,7 @@ def compatibility_gate(challenger_service: str, champion_service: str, migration
                       f"{challenger_service}) and no migration was recorded")
 
 
-def _skipped(name: str, why: str) -> GateResult:
+def skipped(name: str, why: str) -> GateResult:
     return GateResult(name, True, None, None, f"skipped: {why}", skipped=True)
 
 
@@ -265,7 +265,7 @@ def decide(
     slice_rows: list[SliceResult] = []
     if champion is None:
         why = "no champion yet: absolute gates decide"
-        gates += [_skipped(n, why) for n in ("improvement", "slices", "latency", "model_size", "compatibility")]
+        gates += [skipped(n, why) for n in ("improvement", "slices", "latency", "model_size", "compatibility")]
     else:
         b = metrics.as_scores(champion, "champion")
         if b.size != yb.size:
@@ -275,20 +275,33 @@ def decide(
         result_metrics["bootstrap"] = {"metric": config.metric, **stats}
         gates.append(gate)
         slice_rows = slice_results(yb, a, b, slices or {}, config)
-        gates.append(slice_gate(slice_rows, config) if slices else _skipped("slices", "no slice columns given"))
-        if serving is not None and serving.champion_latency_ms is not None:
-            gates.append(latency_gate(serving.challenger_latency_ms, serving.champion_latency_ms,
-                                      config.latency_factor))
-        else:
-            gates.append(_skipped("latency", "no serving measurements given"))
-        if serving is not None and serving.champion_size_bytes is not None:
-            gates.append(size_gate(serving.challenger_size_bytes, serving.champion_size_bytes, config.size_factor))
-        else:
-            gates.append(_skipped("model_size", "no model sizes given"))
-        if feature_services is not None:
-            gates.append(compatibility_gate(feature_services[0], feature_services[1], migration))
-        else:
-            gates.append(_skipped("compatibility", "no feature services given"))
+        gates.append(slice_gate(slice_rows, config) if slices else skipped("slices", "no slice columns given"))
+        gates += serving_gates(config, serving, feature_services, migration)
+    return conclude(gates, result_metrics, slice_rows, serving)
+
+
+def serving_gates(config: GateConfig, serving: ServingStats | None, feature_services: tuple[str, str] | None,
+                  migration: str | None) -> list[GateResult]:
+    """Latency, model size and feature-service compatibility against the champion (any objective)."""
+    gates: list[GateResult] = []
+    if serving is not None and serving.champion_latency_ms is not None:
+        gates.append(latency_gate(serving.challenger_latency_ms, serving.champion_latency_ms, config.latency_factor))
+    else:
+        gates.append(skipped("latency", "no serving measurements given"))
+    if serving is not None and serving.champion_size_bytes is not None:
+        gates.append(size_gate(serving.challenger_size_bytes, serving.champion_size_bytes, config.size_factor))
+    else:
+        gates.append(skipped("model_size", "no model sizes given"))
+    if feature_services is not None:
+        gates.append(compatibility_gate(feature_services[0], feature_services[1], migration))
+    else:
+        gates.append(skipped("compatibility", "no feature services given"))
+    return gates
+
+
+def conclude(gates: list[GateResult], result_metrics: dict[str, Any], slice_rows: list[SliceResult],
+             serving: ServingStats | None) -> Decision:
+    """promote when every gate passed; the reasons name each failure, or each applicable gate's numbers."""
     if serving is not None:
         result_metrics["serving"] = asdict(serving)
     failed = [g for g in gates if not g.passed]

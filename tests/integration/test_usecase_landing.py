@@ -64,3 +64,32 @@ def test_train_registers_a_regression_model_under_the_usecase(bike: tuple) -> No
     assert row is not None and row.model_name == "bike_sharing" and row.feature_service == "bike_sharing_v1"
     assert row.reference_profile["error"]["rmse"] == pytest.approx(trained.metadata["validation"]["rmse"])
     assert row.metrics["feature_names"] == spec.features.names
+
+
+def test_evaluator_judges_a_regression_challenger_on_fresh_data(bike: tuple) -> None:
+    """First model on Jan-Feb 2011 promoted; a challenger trained on a later window is judged on March
+    with the regression gates (RMSE bootstrap, season slices), recorded in the system of record."""
+    from retrain import registry
+    from retrain.db import Evaluation
+    from retrain.evaluate import evaluate_version
+    from retrain.usecase.training import frame_provider
+
+    spec, settings, sessions, raw = bike
+    settings = settings.model_copy(update={"retrain_build_bento": False})
+    replay_until(spec, settings, sessions, "2011-04-15", raw=raw)
+    FS.apply(spec, settings)
+    first = train(spec, settings, sessions, "2011-01-01", "2011-02-15")
+    registry.promote(sessions, first.version, "first champion", "test")
+    second = train(spec, settings, sessions, "2011-01-15", "2011-03-01")
+    provider = frame_provider(spec, settings, FS.open_store(settings))
+    outcome = evaluate_version(settings, sessions, second.version, provider, window_from="2011-03-01",
+                               window_to="2011-04-01", act=True, build_bento=False, label=spec.label.column,
+                               slice_columns=tuple(spec.slices), write_report=False)
+    names = [g.name for g in outcome.decision.gates]
+    assert names[:3] == ["floor", "improvement", "slices"] and "rmse" in outcome.decision.metrics["challenger"]
+    with sessions() as s:
+        ev = s.get(Evaluation, outcome.evaluation_id)
+        champion = registry.alias_in(s, "bike_sharing", registry.CHAMPION)
+    assert ev is not None and ev.decision == outcome.decision.decision and ev.n_rows == outcome.n_rows
+    expected = second.version if outcome.decision.promote else first.version
+    assert champion is not None and champion.version == expected

@@ -1,0 +1,66 @@
+"""Regression gates: paired bootstrap on the loss difference, relative slice tolerance, serving gates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrain.gates import GateConfig, ServingStats
+from retrain.gates_regression import decide_regression, row_loss
+
+CONFIG = GateConfig(slice_min_rows=100, slice_tolerance=0.05)
+
+
+def _data(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    return 20 * x + 100, x
+
+
+def test_better_challenger_is_promoted_and_numbers_reconcile() -> None:
+    y, _ = _data()
+    rng = np.random.default_rng(1)
+    champion = y + rng.normal(0, 10, y.size)
+    challenger = y + rng.normal(0, 5, y.size)
+    d = decide_regression(y, challenger, champion, config=CONFIG)
+    assert d.promote, d.reasons
+    assert d.metrics["challenger"]["rmse"] == pytest.approx(np.sqrt(np.mean((challenger - y) ** 2)))
+    gain = row_loss("rmse", y, champion) - row_loss("rmse", y, challenger)
+    assert d.metrics["bootstrap"]["observed"] == pytest.approx(gain.mean())
+    assert d.metrics["bootstrap"]["lower"] > 0
+
+
+@pytest.mark.parametrize("metric", ["rmse", "mae"])
+def test_equal_or_worse_challenger_is_rejected(metric: str) -> None:
+    y, _ = _data()
+    rng = np.random.default_rng(2)
+    champion = y + rng.normal(0, 5, y.size)
+    same_quality = y + rng.normal(0, 5, y.size)
+    worse = y + rng.normal(0, 8, y.size)
+    for challenger in (same_quality, worse):
+        d = decide_regression(y, challenger, champion, config=CONFIG, metric=metric)
+        assert not d.promote and any("improvement failed" in r for r in d.reasons)
+
+
+def test_a_slice_that_gets_worse_blocks_promotion() -> None:
+    y, x = _data()
+    rng = np.random.default_rng(3)
+    region = np.where(x > 0, "north", "south")
+    champion = y + rng.normal(0, 8, y.size)
+    challenger = np.where(region == "north", y + rng.normal(0, 2, y.size), y + rng.normal(0, 10, y.size))
+    d = decide_regression(y, challenger, champion, config=CONFIG, slices={"region": region})
+    slices = {s.slice: s for s in d.slices}
+    assert slices["region=south"].regressed and not slices["region=north"].regressed
+    assert not d.promote and any(r.startswith("slices failed") for r in d.reasons)
+
+
+def test_first_model_and_serving_gates() -> None:
+    y, _ = _data()
+    first = decide_regression(y, y + 1.0, None, config=CONFIG)
+    assert first.promote and {g.name for g in first.gates if g.skipped} >= {"improvement", "latency"}
+    slow = ServingStats(challenger_latency_ms=10.0, challenger_size_bytes=1, champion_latency_ms=1.0,
+                        champion_size_bytes=1)
+    d = decide_regression(y, y + 0.1, y + 5.0, config=CONFIG, serving=slow)
+    assert not d.promote and any(r.startswith("latency failed") for r in d.reasons)
+    with pytest.raises(ValueError, match="gate_regression_metric"):
+        decide_regression(y, y, y, config=CONFIG, metric="r2")
