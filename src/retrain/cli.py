@@ -42,8 +42,15 @@ _state = {"debug": False}
 def _global_options(
     debug: bool = typer.Option(False, "--debug", envvar="RETRAIN_DEBUG",
                                help="Show the full traceback when a command fails (also RETRAIN_DEBUG=1)."),
+    usecase: str | None = typer.Option(None, "--usecase", help="The use case every command acts on "
+                                       "(default RETRAIN_USECASE, else flight_delay); `retrain usecases list`."),
 ) -> None:
     _state["debug"] = debug
+    if usecase:
+        from retrain.config import get_settings
+
+        os.environ["RETRAIN_USECASE"] = usecase
+        get_settings.cache_clear()
 
 
 def build_app() -> typer.Typer:

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     decision_threshold: float = 0.5
 
     # serving
+    bento: str = Field(default="flight_delay", description="The service under bentos/ promotions build: "
+                       "flight_delay, or usecase (any use case with its own Feast repository).")
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
     serve_max_batch: int = 1000

@@ -381,13 +381,15 @@ def _registry_location(store: FeatureStore) -> str:
     return path
 
 
-def materialize_until(store: FeatureStore, settings: Settings, until: TimeLike) -> dict[str, Any]:
+def materialize_until(store: FeatureStore, settings: Settings, until: TimeLike,
+                      start: TimeLike | None = None) -> dict[str, Any]:
     """Bring the online store up to `until`, seeding views never materialized before.
 
     `materialize-incremental` on a fresh view starts at wall-clock now minus its TTL, which is empty
     in a replay of 2013; so a view without history is first loaded with an explicit window from the
     start of its data, after which incremental runs continue from the last end time.
 
+    `start` is where a fresh view's seed window begins (default: the flights' feature tables' start).
     Raises `NothingAppliedError` when no feature view is registered (run `retrain apply`) and
     `NoFeatureDataError` when a view's parquet table is missing (run `retrain ingest`), rather than
     reporting success having loaded nothing.
@@ -414,8 +416,9 @@ def materialize_until(store: FeatureStore, settings: Settings, until: TimeLike) 
         seeded = [v.name for v in views if v.name not in fresh]
         t0 = time.perf_counter()
         if fresh:
-            start = data_start(settings).to_pydatetime()
-            store.materialize(start_date=start, end_date=end, feature_views=fresh)
+            first = to_utc(start) if start is not None else data_start(settings)
+            seed = first.to_pydatetime()
+            store.materialize(start_date=seed, end_date=end, feature_views=fresh)
         behind = [v for v in views if v.name in seeded and (v.most_recent_end_time is None
                                                              or to_utc(v.most_recent_end_time) < to_utc(end))]
         # a view whose table holds nothing after its last materialized end has nothing to load

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 __all__ = ["EVENT_PROMOTED", "EVENT_REJECTED", "BackgroundBuild", "BentoBuildError", "PromotionResult", "build_bento",
            "emit_decision", "promote_version"]
 
-BENTOFILE = REPO_ROOT / "bentos" / "flight_delay" / "bentofile.yaml"
+BENTOS = REPO_ROOT / "bentos"
 BentoBuilder = Callable[[Settings, str], str]
 
 
@@ -51,8 +51,13 @@ def _build_command(settings: Settings, model_tag: str) -> tuple[list[str], dict[
 
     home = use_store(settings)
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-    cmd = [sys.executable, "-m", "bentoml", "build", "-f", str(BENTOFILE), "--arg", f"model_tag={model_tag}",
-           "--output", "tag", str(REPO_ROOT)]
+    bentofile = BENTOS / settings.bento / "bentofile.yaml"
+    if not bentofile.is_file():
+        raise BentoBuildError(f"bento {settings.bento!r}: no {bentofile} (setting `bento`)")
+    args = ["--arg", f"model_tag={model_tag}"]
+    if settings.bento == "usecase":  # the one service definition for any use case: which one it serves
+        args += ["--arg", f"usecase={settings.usecase}"]
+    cmd = [sys.executable, "-m", "bentoml", "build", "-f", str(bentofile), *args, "--output", "tag", str(REPO_ROOT)]
     return cmd, env
 
 

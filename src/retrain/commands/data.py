@@ -66,14 +66,29 @@ def register(app: typer.Typer) -> None:
                                      help="Rebuild the feature tables after landing."),
     ) -> None:
         """Validate a batch, quarantine bad rows with a reason, land the rest in the offline store."""
-        from retrain.config import get_settings
+        from retrain.commands.usecases import active
         from retrain.ingest import BatchRejected, ingest_file, replay_until
         from retrain.registry import open_registry
 
         if (path is None) == (until is None):
             _fail("give exactly one of PATH or --until DATE", code=2, as_json=as_json)
-        settings = get_settings()
+        settings, spec = active()
         sessions = open_registry(settings)  # ensure_dirs + Alembic upgrade
+        if spec.feast is not None:  # a use case with its own Feast repository: replay its history
+            if until is None:
+                _fail(f"use case {spec.name}: batch files are not taken yet; replay its history with --until DATE",
+                      code=2, as_json=as_json)
+            from retrain.usecase.landing import replay_until as land_until
+
+            with console.status(f"landing {spec.name} up to {until}"):
+                landed = land_until(spec, settings, sessions, until).to_dict()
+            if as_json:
+                typer.echo(json.dumps(landed))
+            else:
+                out.print(f"{spec.name}: landed {landed['landed']:,} of {landed['received']:,} rows matured by "
+                          f"{landed['until']} ({landed['quarantined']:,} quarantined; {landed['total_landed']:,} "
+                          f"landed in all); feature tables: {landed['tables'] or '-'}")
+            return
         payload: dict[str, Any]
         landed_any = False
         with console.status("ingesting") as status:

@@ -15,13 +15,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command("apply")
     def apply_cmd() -> None:
-        """Register feature_repo/ definitions with Feast (`feast apply` for the active profile)."""
-        from retrain.config import get_settings
+        """Register the active use case's Feast definitions (`feast apply` for the active profile)."""
+        from retrain.commands.usecases import active
         from retrain.features import apply_repo
+        from retrain.usecase import featurestore
 
-        settings = get_settings()
+        settings, spec = active()
         with console.status("feast apply"):
-            apply_repo(settings)
+            if spec.feast is not None:
+                featurestore.apply(spec, settings)
+            else:
+                apply_repo(settings)
         console.print(f"applied {settings.feature_repo} ({settings.profile} profile)")
 
     @app.command("materialize")
@@ -33,13 +37,15 @@ def register(app: typer.Typer) -> None:
 
         Fails (exit 1) naming the command to run when nothing is applied or ingested yet.
         """
-        from retrain.config import get_settings
+        from retrain.commands.usecases import active
         from retrain.features import NoFeatureDataError, NothingAppliedError, materialize_until, open_store
+        from retrain.usecase.landing import data_start
 
-        settings = get_settings()
+        settings, spec = active()
         try:
             with console.status(f"materializing up to {until}"):
-                result = materialize_until(open_store(settings), settings, until)
+                start = data_start(settings, spec) if spec.feast is not None else None
+                result = materialize_until(open_store(settings), settings, until, start=start)
         except (NothingAppliedError, NoFeatureDataError) as err:
             if not as_json:
                 raise  # `retrain` prints it as one `error:` line

@@ -105,7 +105,9 @@ def _print_gates(result: dict[str, Any]) -> None:
     out.print(table)
     metrics = Table("metric", "challenger", "champion")
     chal, champ = result["metrics"].get("challenger", {}), result["metrics"].get("champion", {})
-    for key in ("auc", "log_loss", "brier", "accuracy", "ece", "predicted_rate", "observed_rate"):
+    keys = ("rmse", "mae", "mean_predicted", "observed_mean") if "rmse" in chal else (
+        "auc", "log_loss", "brier", "accuracy", "ece", "predicted_rate", "observed_rate")
+    for key in keys:
         fmt2 = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
         metrics.add_row(key, fmt2(chal.get(key)), fmt2(champ.get(key)))
     out.print(metrics)
@@ -130,10 +132,18 @@ def register(app: typer.Typer) -> None:
                                             help="Run as a Prefect flow (default: when PREFECT_API_URL is set)."),
     ) -> None:
         """Train a candidate on [--from, --to) through the feature service and register it."""
+        from retrain.commands.usecases import active
         from retrain.train import TrainingError, feast_frame_provider, train_version
 
         try:
-            if _use_prefect(prefect):
+            settings, spec = active()
+            if spec.feast is not None:  # a use case with its own Feast repository (direct: no flow yet)
+                from retrain.registry import open_registry
+                from retrain.usecase.training import train
+
+                with console.status(f"training {spec.name} on [{window_from}, {window_to})"):
+                    result = train(spec, settings, open_registry(settings), window_from, window_to).to_dict()
+            elif _use_prefect(prefect):
                 result = _flow("train", "train_flow")(window_from, window_to)
             else:
                 settings, sessions = _context()
@@ -166,12 +176,26 @@ def register(app: typer.Typer) -> None:
                                             help="Run as a Prefect flow (default: when PREFECT_API_URL is set)."),
     ) -> None:
         """Champion vs challenger on a fresh labelled window; every gate with its numbers."""
+        from retrain.commands.usecases import active
         from retrain.evaluate import EvaluationRefused, PromotionFailed, evaluate_version
         from retrain.train import feast_frame_provider
 
         code = 0
         try:
-            if _use_prefect(prefect):
+            settings, spec = active()
+            if spec.feast is not None:  # a use case with its own Feast repository (direct: no flow yet)
+                from retrain.usecase import featurestore
+                from retrain.usecase.training import frame_provider
+
+                settings, sessions = _context()
+                provider = frame_provider(spec, settings, featurestore.open_store(settings))
+                with console.status(f"evaluating {spec.name} {version}"):
+                    result = evaluate_version(
+                        settings, sessions, version, provider, window_from=window_from, window_to=window_to,
+                        act=promote, build_bento=False if build_bento is None else build_bento, actor=_actor(),
+                        feature_migration=migration, label=spec.label.column,
+                        slice_columns=tuple(spec.slices)).to_dict()
+            elif _use_prefect(prefect):
                 result = _flow("evaluate", "evaluate_flow")(
                     version, window_from, window_to, promote, build_bento, migration, _actor())
             else:
@@ -207,11 +231,13 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(rows))
             return
-        table = Table("version", "alias", "status", "trained on", "rows", "valid AUC", "bento")
+        table = Table("version", "alias", "status", "trained on", "rows", "validation", "bento")
         for r in rows:
-            auc = (r["validation"] or {}).get("auc")
+            valid = r["validation"] or {}
+            name = "auc" if "auc" in valid else "rmse"
+            value = valid.get(name)
             table.add_row(r["version"], r["alias"] or "", r["status"], f"{r['train_from'][:10]} → {r['train_to'][:10]}",
-                          f"{r['n_train']:,}", "–" if auc is None else f"{auc:.4f}", r["bento_tag"] or "")
+                          f"{r['n_train']:,}", "–" if value is None else f"{name} {value:.4f}", r["bento_tag"] or "")
         out.print(table)
 
     @models.command("show")

@@ -19,6 +19,15 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def active() -> tuple[Any, Any]:
+    """(settings, spec) of the active use case (`retrain --usecase NAME ...` or RETRAIN_USECASE)."""
+    from retrain.config import get_settings
+    from retrain.usecase.catalog import load_usecase
+
+    settings = get_settings()
+    return settings, load_usecase(settings, settings.usecase)
+
+
 def effective_settings(name: str) -> tuple[Any, dict[str, Any]]:
     """(spec, {setting: value}) for the settings the use case changes from the global ones."""
     from retrain.config import base_settings

@@ -110,6 +110,7 @@ def settings_for(spec: UseCaseSpec, base: Settings) -> Settings:
                    model_params={**base.model_params, **spec.model_params})
     if spec.feast is not None and spec.folder is not None:
         updates["feature_repo"] = (spec.folder / spec.feast.repo).resolve()
+        updates["bento"] = "usecase"
     try:
         return Settings.model_validate({**base.model_dump(), **updates})
     except ValidationError as exc:

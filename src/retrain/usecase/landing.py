@@ -60,6 +60,16 @@ def landed_rows(settings: Settings, spec: UseCaseSpec) -> pd.DataFrame:
     return frame if frame is not None else pd.DataFrame()
 
 
+def data_start(settings: Settings, spec: UseCaseSpec) -> pd.Timestamp:
+    """Where a fresh feature view's materialization starts: a week before the first landed row (feature
+    tables stamp rows up to a week before the events they serve, e.g. lagged demand)."""
+    rows = landed_rows(settings, spec)
+    if rows.empty:
+        raise UseCaseError(f"{spec.name}: nothing landed yet; run `retrain --usecase {spec.name} ingest --until "
+                           "DATE` first")
+    return pd.to_datetime(rows[spec.data.time_col], utc=True).min() - pd.Timedelta(days=7)
+
+
 def available_times(spec: UseCaseSpec, raw: pd.DataFrame) -> pd.Series:
     """When each row's label became known (UTC)."""
     times = pd.to_datetime(raw[spec.data.time_col], utc=True)
