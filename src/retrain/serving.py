@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ import numpy as np
 
 from retrain.config import REPO_ROOT, Settings, get_settings
 from retrain.db import make_engine, session_factory, utcnow
-from retrain.follow import CHAMPION, LoadedModel, ModelFollower, load_model, version_by_tag
+from retrain.follow import CHAMPION, LoadedModel, ModelFollower, version_by_tag
 from retrain.predlog import LogBatch, PredictionLog
 from retrain.serving_schema import (
     FlightIn,
@@ -191,7 +191,12 @@ def _describe(model: LoadedModel | None) -> ModelDescription | None:
 
 
 class ServingRuntime:
-    """Everything one worker needs to answer `/predict` and `/model` (see module doc)."""
+    """Everything one worker needs to answer `/predict` and `/model` (see module doc).
+
+    Seams for a use case's own service (`retrain.usecase.serving.UseCaseRuntime`): `features` (the
+    served feature order; default the flights' `MODEL_FEATURES`), `_new_follower` (how models are
+    loaded and warmed up), `_connect` / `_warm` (which store and feature service, and the warm-up lookup).
+    """
 
     def __init__(
         self,
@@ -202,11 +207,14 @@ class ServingRuntime:
         store_factory: Callable[[Settings], Any] | None = None,
         sessions: sessionmaker[Session] | None = None,
         emit: Callable[[str, dict[str, Any]], None] | None = None,
+        features: Sequence[str] | None = None,
     ) -> None:
-        from retrain.features import MODEL_FEATURES
+        if features is None:
+            from retrain.features import MODEL_FEATURES
 
+            features = MODEL_FEATURES
         self.settings = settings
-        self.features = list(MODEL_FEATURES)
+        self.features = list(features)
         self.pinned = pinned
         self.follow = follow
         self._store_factory = store_factory
@@ -223,7 +231,7 @@ class ServingRuntime:
         from retrain.serving_metrics import serving_metrics
 
         self.metrics = serving_metrics()
-        self.follower = ModelFollower(
+        self.follower = self._new_follower(
             settings, sessions, served_features=self.features, resolve_path=self._model_path,
             emit=emit if emit is not None else _emitter(settings),
             on_swap=lambda alias, _m: self.metrics.swaps.labels(alias).inc(),
@@ -243,6 +251,21 @@ class ServingRuntime:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _new_follower(self, settings: Settings, sessions: sessionmaker[Session], **kwargs: Any) -> ModelFollower:
+        """The champion follower of this worker (called once by `__init__`)."""
+        return ModelFollower(settings, sessions, **kwargs)
+
+    def _connect(self) -> tuple[Any, Any]:
+        """(feature store, feature service object), the service fetched once."""
+        from retrain import features
+
+        store = (self._store_factory or features.open_store)(self.settings)
+        return store, features.service(store, self.settings.feature_service)
+
+    def _warm(self) -> None:
+        """One lookup through the open store (registry cache, connections)."""
+        self._lookup([WARMUP_FLIGHT])
+
     def _model_path(self, tag: str) -> Path:
         from retrain.modelstore import model_file
 
@@ -255,12 +278,8 @@ class ServingRuntime:
         if self.feature_service is not None:
             return True
         try:
-            from retrain import features
-
-            store = (self._store_factory or features.open_store)(self.settings)
-            fs = features.service(store, self.settings.feature_service)
-            self.store, self.feature_service = store, fs
-            self._lookup([WARMUP_FLIGHT])  # warm the lookup path (registry cache, connections)
+            self.store, self.feature_service = self._connect()
+            self._warm()  # warm the lookup path (registry cache, connections)
         except Exception as exc:
             self.store = self.feature_service = None
             if self._store_error != str(exc):
@@ -290,8 +309,7 @@ class ServingRuntime:
             feature_service=row.feature_service if row else self.settings.feature_service,
             train_from=row.train_from if row else None, train_to=row.train_to if row else None,
             promoted_at=None, generation=None)
-        self.follower.install(CHAMPION, load_model(target, self.pinned.path, self.features,
-                                                   self.settings.feature_service))
+        self.follower.install(CHAMPION, self.follower.load(target))  # the pinned tag resolves to pinned.path
 
     async def start(self) -> None:
         """Open stores, load the first model, start the follow and log tasks (BentoML on_startup)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 
 import typer
 from rich.console import Console
@@ -43,7 +45,8 @@ def register(app: typer.Typer) -> None:
 
         settings, spec = active()
         try:
-            with console.status(f"materializing up to {until}"):
+            # Feast prints its progress on stdout: keep stdout for the result (`--json`)
+            with console.status(f"materializing up to {until}"), contextlib.redirect_stdout(sys.stderr):
                 start = data_start(settings, spec) if spec.feast is not None else None
                 result = materialize_until(open_store(settings), settings, until, start=start)
         except (NothingAppliedError, NoFeatureDataError) as err:

@@ -1,0 +1,52 @@
+"""The README's commands for a use case with its own Feast repository, as a user runs them:
+`retrain --usecase bike_sharing ingest / apply / materialize / train / promote / train / evaluate`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+EXE = str(Path(sys.executable).parent / "retrain")
+
+
+def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RETRAIN_HOME": str(home), "RETRAIN_RETRAIN_BUILD_BENTO": "false",
+           "RETRAIN_NUM_BOOST_ROUND": "40", "RETRAIN_NUM_THREADS": "1"}
+    env.pop("RETRAIN_USECASE", None)
+    return subprocess.run([EXE, "--usecase", "bike_sharing", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_bike_sharing_from_ingest_to_an_evaluated_challenger(tmp_path: Path) -> None:
+    home = tmp_path / "var"
+    landed = json.loads(run(home, "ingest", "--until", "2011-03-15", "--json").stdout)
+    assert landed["landed"] > 1500 and landed["quarantined"] == 0 and set(landed["tables"]) == {"weather", "demand"}
+    assert run(home, "apply").returncode == 0
+    done = run(home, "materialize", "--until", "2011-03-15T00:00:00", "--json")
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)["seeded"]) == {"bike_weather", "bike_demand"}
+    first = json.loads(run(home, "train", "--from", "2011-01-01", "--to", "2011-02-15", "--json").stdout)
+    assert "rmse" in first["validation"]
+    promoted = run(home, "promote", first["version"], "--reason", "first champion")
+    assert promoted.returncode == 0, promoted.stderr
+    second = json.loads(run(home, "train", "--from", "2011-01-15", "--to", "2011-03-01", "--json").stdout)
+    ev = run(home, "evaluate", second["version"], "--window-from", "2011-03-01", "--window-to", "2011-03-15",
+             "--json")
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert result["decision"] in ("promote", "reject") and result["n_rows"] > 300
+    assert {g["name"] for g in result["gates"]} >= {"improvement", "slices", "latency", "compatibility"}
+    listed = json.loads(run(home, "models", "list", "--json").stdout)
+    champion = [r["version"] for r in listed if r["alias"] == "champion"]
+    assert champion == [second["version"] if result["decision"] == "promote" else first["version"]]
+    # the flights use case in the same home is untouched: its registry is separate
+    env = {**os.environ, "RETRAIN_HOME": str(home)}
+    env.pop("RETRAIN_USECASE", None)
+    flights = subprocess.run([EXE, "models", "list", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert json.loads(flights.stdout) == []

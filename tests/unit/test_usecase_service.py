@@ -1,0 +1,268 @@
+"""The use-case BentoML service (`bentos/usecase/service.py`) in-process, for bike sharing, over a real
+Feast repository: online features materialized up to each prediction time, a small LightGBM regression
+trained on point-in-time training rows, registered and promoted. Checks train/serve parity of the
+served path, validation (400 naming row and field), the OpenAPI document and the prediction log.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import pandas as pd
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.testclient import TestClient
+from tests.support.models import fake_version_fields
+
+from retrain import modelstore, registry
+from retrain.config import Settings, get_settings
+from retrain.db import Prediction
+from retrain.train import fit
+from retrain.usecase import featurestore as FS
+from retrain.usecase.spec import UseCaseSpec
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+USECASE = "bike_sharing"
+LANDED_UNTIL = pd.Timestamp("2011-06-02", tz="UTC")  # hours landed (tables written) before this
+TRAIN_FROM = pd.Timestamp("2011-03-01", tz="UTC")
+TRAIN_TO = pd.Timestamp("2011-06-01", tz="UTC")
+HOURS = pd.to_datetime(["2011-06-01 15:00", "2011-06-01 16:00", "2011-06-01 17:00"], utc=True)  # served
+
+
+@dataclass
+class BikeHome:
+    spec: UseCaseSpec
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: Any
+    booster: lgb.Booster
+    version: str
+    picks: pd.DataFrame  # the raw rows of HOURS
+    offline: pd.DataFrame  # their point-in-time training rows (model frame)
+    start: pd.Timestamp  # materialized up to here
+
+
+def model_frame(spec: UseCaseSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Categoricals as pandas categories (sorted values: deliberately not the spec's order), the rest float64."""
+    out = frame.copy()
+    for name in spec.features.names:
+        if name in spec.features.categorical:
+            values = [None if pd.isna(v) else str(v) for v in out[name].tolist()]
+            out[name] = pd.Categorical(values, categories=sorted({v for v in values if v is not None}))
+        else:
+            out[name] = pd.to_numeric(out[name], errors="coerce").astype("float64")
+    return out
+
+
+def payload(row: pd.Series, **changes: Any) -> dict[str, Any]:
+    """A request row from a raw bike hour (ts with its UTC offset, as a client sends it)."""
+    body = {"ts": pd.Timestamp(row["ts"]).tz_convert("America/New_York").isoformat(),
+            "holiday": bool(row["holiday"]), "workingday": bool(row["workingday"]), "season": str(row["season"])}
+    body.update(changes)
+    return body
+
+
+def materialize_to(home: BikeHome, when: pd.Timestamp) -> None:
+    home.store.materialize(start_date=home.start.to_pydatetime(), end_date=when.to_pydatetime())
+    home.start = when
+
+
+def bike_env(mp: pytest.MonkeyPatch, home: Path) -> None:
+    """The environment of a bike-sharing serving home (also what a `bentoml serve` child inherits)."""
+    mp.setenv("RETRAIN_HOME", str(home))
+    mp.setenv("RETRAIN_USECASE", USECASE)
+    mp.setenv("BENTOML_HOME", str(home / "bentoml"))
+    mp.setenv("RETRAIN_SERVE_LOG_FLUSH_SECONDS", "0.2")
+    mp.setenv("RETRAIN_SERVE_MAX_BATCH", "5")
+    mp.delenv("RETRAIN_API_KEY", raising=False)
+    get_settings.cache_clear()
+
+
+def build_bike_home() -> BikeHome:
+    """Tables of the hours landed before LANDED_UNTIL, `feast apply`, a small regression trained on the
+    point-in-time rows of [TRAIN_FROM, TRAIN_TO) as champion, online store up to HOURS[0]'s prediction time."""
+    from retrain.usecase.serving import served_usecase
+
+    spec, settings = served_usecase(USECASE)
+    settings.ensure_dirs()
+    raw = FS.raw_rows(spec)
+    landed = raw[raw["ts"] < LANDED_UNTIL].reset_index(drop=True)
+    FS.write_tables(spec, settings, landed)
+    FS.apply(spec, settings)
+    store = FS.open_store(settings)
+
+    train_rows = landed[(landed["ts"] >= TRAIN_FROM) & (landed["ts"] < TRAIN_TO)].reset_index(drop=True)
+    frame = model_frame(spec, FS.training_frame(spec, store, train_rows))
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    result = fit(frame, spec.features.names, label="cnt", time_col="ts", objective="regression",
+                 params={"min_data_in_leaf": 20}, num_threads=1, num_boost_round=20, early_stopping_rounds=0)
+    booster = result.booster
+    assert booster.pandas_categorical is not None
+
+    sessions = registry.open_registry(settings)
+    saved = modelstore.save_booster(settings, booster, metadata={}, labels={})
+    fields = fake_version_fields(1, model_name=USECASE)
+    fields.update(bento_model_tag=saved.tag, model_checksum=saved.checksum, feature_service=spec.features.service)
+    version = registry.register_version(sessions, **fields).version
+    registry.promote(sessions, version, reason="serving test", actor="tests", model_name=USECASE)
+
+    picks = raw[raw["ts"].isin(HOURS)].reset_index(drop=True)
+    assert len(picks) == len(HOURS)
+    offline = model_frame(spec, FS.training_frame(spec, store, picks))
+    bh = BikeHome(spec=spec, settings=settings, sessions=sessions, store=store, booster=booster, version=version,
+                  picks=picks, offline=offline, start=raw["ts"].min() - pd.Timedelta(days=1))
+    materialize_to(bh, HOURS[0] - pd.Timedelta(hours=1))  # the first served hour's prediction time
+    return bh
+
+
+@pytest.fixture(scope="module")
+def bike(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BikeHome]:
+    home = tmp_path_factory.mktemp("bikeserve")
+    mp = pytest.MonkeyPatch()
+    bike_env(mp, home)
+    (home / "prometheus").mkdir()  # see tests/unit/test_serving_api.py
+    mp.setenv("PROMETHEUS_MULTIPROC_DIR", str(home / "prometheus"))
+    yield build_bike_home()
+    mp.undo()
+    get_settings.cache_clear()
+
+
+def drop_bentoml_metrics() -> None:
+    """BentoML registers its HTTP metrics on prometheus' default registry once per ASGI app: a second
+    app in one process (tests/unit/test_serving_api.py's) would collide with the first."""
+    from prometheus_client import REGISTRY
+
+    for collector, names in list(REGISTRY._collector_to_names.items()):
+        if any(n.startswith("bentoml_") for n in names):
+            REGISTRY.unregister(collector)
+
+
+@pytest.fixture(scope="module")
+def client(bike: BikeHome) -> Iterator[TestClient]:
+    """One in-process app for the module (its startup opens the store and loads the champion)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from bentos.usecase.service import UseCaseService
+    drop_bentoml_metrics()
+    with TestClient(UseCaseService.to_asgi()) as c:  # type: ignore[attr-defined]
+        yield c
+
+
+def offline_score(bike: BikeHome, i: int, **changes: Any) -> float:
+    row = bike.offline.iloc[[i]][bike.spec.features.names].copy()
+    for name, value in changes.items():
+        row[name] = value
+    return float(bike.booster.predict(row)[0])
+
+
+def logged_rows(bike: BikeHome) -> list[Prediction]:
+    with bike.sessions() as s:
+        return list(s.scalars(select(Prediction).order_by(Prediction.id)))
+
+
+def test_predict_matches_the_training_rows_and_is_logged(bike: BikeHome, client: TestClient) -> None:
+    """Served at each hour's prediction time, the score equals the booster on that hour's training row."""
+    assert bike.offline[bike.spec.features.names].notna().all().all()  # parity covers every feature
+    bodies = []
+    assert client.get("/readyz").status_code == 200
+    for i, hour in enumerate(HOURS):
+        if i:
+            materialize_to(bike, hour - pd.Timedelta(hours=1))
+        row = bike.picks.iloc[i]
+        rows = [payload(row)]
+        if i == len(HOURS) - 1:  # a batch: the same hour with the holiday flag flipped (a request feature)
+            rows.append(payload(row, holiday=not bool(row["holiday"])))
+        r = client.post("/predict", json={"rows": rows})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        bodies.append(body)
+        assert body["model_version"] == bike.version and body["model_name"] == USECASE
+        preds = body["predictions"]
+        assert len(preds) == len(rows)
+        assert preds[0]["score"] == pytest.approx(offline_score(bike, i), rel=1e-9)
+        assert preds[0]["row_id"] == hour.strftime("%Y-%m-%dT%H")
+        assert preds[0]["predicted_label"] is None and preds[0]["model_version"] == bike.version
+        assert preds[0]["missing_features"] == [
+            n for n in bike.spec.features.names if pd.isna(bike.offline.iloc[i][n])]
+    flipped = offline_score(bike, len(HOURS) - 1, holiday=float(not bool(bike.picks.iloc[-1]["holiday"])))
+    assert bodies[-1]["predictions"][1]["score"] == pytest.approx(flipped, rel=1e-9)
+
+    info = client.get("/model").json()
+    assert info["champion"]["version"] == bike.version and info["in_sync"]
+    # the log is written after the answers, by the background flusher
+    deadline = time.monotonic() + 20
+    while len(logged := logged_rows(bike)) < len(HOURS) + 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(logged) == len(HOURS) + 1
+    assert [p.entity_key for p in logged] == [h.strftime("%Y-%m-%dT%H") for h in HOURS] + [
+        HOURS[-1].strftime("%Y-%m-%dT%H")]
+    first = logged[0]
+    assert first.model_name == USECASE and first.model_version == bike.version
+    assert first.request_id == bodies[0]["request_id"]
+    assert first.event_time == HOURS[0].to_pydatetime()
+    assert first.attributes == {"ts": HOURS[0].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                "holiday": bool(bike.picks.iloc[0]["holiday"]),
+                                "workingday": bool(bike.picks.iloc[0]["workingday"]),
+                                "season": str(bike.picks.iloc[0]["season"])}
+    assert first.score == pytest.approx(bodies[0]["predictions"][0]["score"], rel=1e-12)
+    assert set(first.features) == set(bike.spec.features.names)
+    assert first.features["season"] == str(bike.picks.iloc[0]["season"])  # categoricals logged as text
+    assert first.features["hour"] == float(HOURS[0].tz_convert("America/New_York").hour)
+
+
+@pytest.mark.parametrize(
+    ("rows", "loc", "kind"),
+    [
+        ([{"extra": 1}], ["rows", 0, "extra"], "extra_forbidden"),
+        ([{"ts": "2011-06-01T15:00:00"}], ["rows", 0, "ts"], "timezone_required"),
+        ([{"season": "monsoon"}], ["rows", 0, "season"], "unknown_category"),
+        ([{"holiday": "yes"}], ["rows", 0, "holiday"], "bool_type"),
+        ([], ["rows"], "too_short"),
+        ([{}] * 6, ["rows"], "too_long"),
+    ],
+)
+def test_bad_input_is_400_naming_row_and_field(bike: BikeHome, client: TestClient, rows: list[dict[str, Any]],
+                                               loc: list[Any], kind: str) -> None:
+    good = payload(bike.picks.iloc[0])
+    body = {"rows": [{**good, **r} for r in rows]}
+    r = client.post("/predict", json=body)
+    assert r.status_code == 400, r.text
+    errors = r.json()["detail"]
+    assert any(e["loc"] == loc and e["type"] == kind for e in errors), errors
+
+
+def test_docs_show_the_usecase_fields(client: TestClient) -> None:
+    doc = client.get("/docs.json").json()
+    schemas = doc["components"]["schemas"]
+
+    def resolve(schema: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
+        return schema
+
+    body = resolve(doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"])
+    assert set(body["properties"]) == {"rows"}
+    item = resolve(body["properties"]["rows"]["items"])
+    assert set(item["properties"]) == {"ts", "holiday", "workingday", "season"}
+    assert set(item["required"]) == {"ts", "holiday", "workingday", "season"}
+    assert item["properties"]["season"]["enum"] == ["spring", "summer", "fall", "winter"]
+    answer = resolve(doc["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"])
+    assert {"request_id", "model_name", "model_version", "predictions"} <= set(answer["properties"])
+
+
+def test_flights_is_refused(bike: BikeHome) -> None:
+    """The flights have no own Feast repository: this service refuses them (bentos/flight_delay serves them)."""
+    from retrain.usecase.catalog import UseCaseError
+    from retrain.usecase.serving import served_usecase
+
+    with pytest.raises(UseCaseError, match="no feast section"):
+        served_usecase("flight_delay")
+
