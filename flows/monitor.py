@@ -9,17 +9,17 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from retrain import clock
-from retrain.config import get_settings
 from retrain.data import to_utc
 from retrain.events import AlertPayload, alert_event_name, blocked_by, emit, model_resource, record_alert
 from retrain.monitor import monitoring_history, plot_history, run_monitoring
 from retrain.registry import open_registry
+from retrain.usecase.pipeline import settings_of
 
 
 @task(retries=2, retry_delay_seconds=5)
 def monitor_task(model_name: str, as_of: str | None, window_days: float | None) -> dict[str, Any]:
     """One monitoring pass; returns the summary and the alerts that fired (as event payloads)."""
-    settings = get_settings()
+    _spec, settings = settings_of(model_name)
     now = to_utc(as_of).to_pydatetime() if as_of else clock.now(settings)
     window_from = now - timedelta(days=window_days or settings.monitor_window_days)
     result = run_monitoring(open_registry(settings), settings, model_name, window_from, now, now)
@@ -35,7 +35,7 @@ def emit_alerts(model_name: str, alerts: list[dict[str, Any]], as_of: str) -> di
     An alert the ledger would skip (same dedupe key already run, cooldown after a promotion) is
     recorded with that reason here instead, without spending a retrain flow run on it.
     """
-    settings = get_settings()
+    _spec, settings = settings_of(model_name)
     sessions = open_registry(settings)
     now = to_utc(as_of).to_pydatetime()
     counts = {"sent": 0, "skipped": 0}
@@ -59,7 +59,7 @@ def emit_alerts(model_name: str, alerts: list[dict[str, Any]], as_of: str) -> di
 @task
 def publish(model_name: str, result: dict[str, Any]) -> None:
     """A table artifact of this run and a PNG of every metric over time under RETRAIN_HOME/reports."""
-    settings = get_settings()
+    _spec, settings = settings_of(model_name)
     rows = [{"metric": k, "value": v} for k, v in result["summary"].items()]
     rows += [{"metric": f"alert:{a['kind']}", "value": f"{a.get('metric')}={a.get('value')} "
               f"(threshold {a.get('threshold')})"} for a in result["alerts"]]

@@ -14,52 +14,37 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from retrain import clock
-from retrain.config import get_settings
-from retrain.evaluate import evaluate_version
 from retrain.events import AlertPayload
-from retrain.features import materialize_until, refresh_feature_tables, shared_store
-from retrain.ingest import replay_until
 from retrain.reconcile import covering_retrain, reconcile_cancelled
 from retrain.registry import open_registry
 from retrain.retraining import run_retrain
-from retrain.train import feast_frame_provider, train_version
+from retrain.usecase.pipeline import pipeline_for, settings_of
 
 Scalar = str | float | int | None
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NONE)
-def catch_up_task(now: datetime) -> dict[str, Any]:
+def catch_up_task(model_name: str, now: datetime) -> dict[str, Any]:
     """Land what the clock has released and bring the online store up to `now`."""
-    settings = get_settings()
-    done: dict[str, Any] = {}
-    if clock.simulated(settings):
-        done["replay"] = replay_until(settings, open_registry(settings), now).counts()
-        done["tables"] = refresh_feature_tables(settings, now)
-    done["materialize"] = materialize_until(shared_store(settings), settings, now)
-    return done
+    return pipeline_for(model_name).catch_up(now)
 
 
 @task(cache_policy=NONE)
-def train_task(start: datetime, end: datetime) -> str:
+def train_task(model_name: str, start: datetime, end: datetime) -> str:
     """Train a challenger on [start, end); returns its version."""
-    settings = get_settings()
-    provider = feast_frame_provider(settings, shared=True)
-    return train_version(settings, open_registry(settings), provider, start, end).version
+    return pipeline_for(model_name).train(start, end)
 
 
 @task(cache_policy=NONE)
-def evaluate_task(version: str, start: datetime, end: datetime) -> Any:
+def evaluate_task(model_name: str, version: str, start: datetime, end: datetime) -> Any:
     """Champion vs challenger on [start, end); promotes on a pass (bento build first)."""
-    settings = get_settings()
-    return evaluate_version(settings, open_registry(settings), version, feast_frame_provider(settings, shared=True),
-                            window_from=start, window_to=end, act=True, build_bento=settings.retrain_build_bento,
-                            actor="flow:retrain")
+    return pipeline_for(model_name).evaluate(version, start, end, actor="flow:retrain")
 
 
 @task(cache_policy=NONE)
-def reconcile_task() -> dict[str, Any]:
+def reconcile_task(model_name: str) -> dict[str, Any]:
     """Record retrain runs the concurrency limit cancelled (they never reach the ledger themselves)."""
-    settings = get_settings()
+    _spec, settings = settings_of(model_name)
     return reconcile_cancelled(settings, open_registry(settings), clock.now(settings)).as_json()
 
 
@@ -73,7 +58,7 @@ def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric:
     Payload fields are rendered from the event as JSON values (a number stays a number), so each
     parameter takes a string, a number or null; `AlertPayload` does the typing and names a bad field.
     """
-    settings = get_settings()
+    _spec, settings = settings_of(model_name or "flight_delay")
     payload = AlertPayload.model_validate({
         "kind": kind or "manual", "metric": metric, "value": value, "threshold": threshold,
         "window_from": window_from or None, "window_to": window_to or None,
@@ -90,11 +75,12 @@ def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric:
         covered = None
     report = run_retrain(
         settings, sessions, payload, clock.now(settings),
-        train=lambda a, b: train_task(a, b), evaluate=lambda v, a, b: evaluate_task(v, a, b),
-        catch_up=lambda now: catch_up_task(now), flow_run_id=run_id, covered_by=covered,
+        train=lambda a, b: train_task(settings.model_name, a, b),
+        evaluate=lambda v, a, b: evaluate_task(settings.model_name, v, a, b),
+        catch_up=lambda now: catch_up_task(settings.model_name, now), flow_run_id=run_id, covered_by=covered,
     )
     logger.info("alert %s (%s, event %s): %s", report.alert_id, report.outcome, event_id or "-", report.detail)
-    reconciled = reconcile_task(return_state=True)  # a failure here must not fail the retrain
+    reconciled = reconcile_task(settings.model_name, return_state=True)  # a failure here must not fail the retrain
     if reconciled.is_completed():
         return {**report.as_json(), "reconcile": reconciled.result()}
     logger.warning("recording cancelled retrain runs failed: %s", reconciled.message)

@@ -149,14 +149,46 @@ def planes_table(known_at: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
     return out
 
 
+def trailing_window_sums(
+    codes: np.ndarray, n_keys: int, buckets: np.ndarray, weights: dict[str, np.ndarray | None],
+    snapshots: np.ndarray, windows: dict[str, int],
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per key and snapshot, sums over trailing windows; vectorized (a key x bucket grid, cumulative
+    sums along buckets, window differences).
+
+    Row i (key `codes[i]` in [0, n_keys)) is counted from snapshot index `buckets[i]` on: a row
+    known at time t, with snapshots every unit, has bucket floor(t / unit) + 1, so a snapshot at T
+    sees exactly the rows known strictly before T. A window of w units at snapshot s covers buckets
+    (s - w, s]: rows known in [T - w units, T). `weights` maps a name to per-row values summed (None:
+    count rows). Returns {window suffix: {name: array (n_keys, len(snapshots))}}, float64.
+    """
+    snaps = np.asarray(snapshots, dtype="int64")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if len(snaps) == 0:
+        return {s: {n: np.zeros((n_keys, 0)) for n in weights} for s in windows}
+    buckets = np.asarray(buckets, dtype="int64")
+    keep = buckets <= snaps.max()  # known after the last snapshot: never counted
+    first = min(int(buckets[keep].min()) if keep.any() else 0, int(snaps.min())) - max(windows.values())
+    n_cols = int(snaps.max()) - first + 1
+    cell = np.asarray(codes, dtype="int64")[keep] * n_cols + (buckets[keep] - first)
+    cums = {}
+    for name, w in weights.items():
+        grid = np.bincount(cell, weights=None if w is None else np.asarray(w, dtype="float64")[keep],
+                           minlength=n_keys * n_cols).astype("float64").reshape(n_keys, n_cols)
+        cums[name] = np.cumsum(grid, axis=1)
+    hi = snaps - first
+    for suffix, width in windows.items():
+        out[suffix] = {name: c[:, hi] - c[:, hi - width] for name, c in cums.items()}
+    return out
+
+
 def rolling_delay_stats(
     outcomes: pd.DataFrame, key: str, keys_of: pd.Series, windows: dict[str, int], snapshots: pd.DatetimeIndex,
 ) -> pd.DataFrame:
     """Daily snapshots of delay stats per key, using only outcomes with landed_at < snapshot.
 
     `windows` maps a suffix to a window in days. For each snapshot T (a UTC midnight) and window W
-    the stats cover flights that landed in [T - W days, T). Vectorized: a key x day grid of counts,
-    cumulative sums along days, and window differences.
+    the stats cover flights that landed in [T - W days, T) (see `trailing_window_sums`).
     """
     if outcomes.empty:
         return pd.DataFrame(columns=[key, "event_timestamp"])
@@ -165,30 +197,17 @@ def rolling_delay_stats(
     landed_day = landed.to_numpy().astype("datetime64[ns]").astype("int64") // day_ns
     snap_day = snapshots.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[ns]").astype("int64")
     snap_day = snap_day // day_ns
-    first = min(int(landed_day.min()), int(snap_day.min()) - max(windows.values()) - 1)
-    n_days = int(max(landed_day.max(), snap_day.max())) - first + 2
     codes, uniques = pd.factorize(keys_of.to_numpy())
-    cols = landed_day - first + 1  # column c holds flights that landed on day (first + c - 1)
-    cell = codes * n_days + cols
-    shape = (len(uniques), n_days)
-
-    def grid(weights: np.ndarray | None) -> np.ndarray:
-        return np.bincount(cell, weights=weights, minlength=shape[0] * shape[1]).astype("float64").reshape(shape)
-
-    grid_n = grid(None)
-    grid_late = grid(outcomes["late"].astype("float64").to_numpy())
-    grid_delay = grid(outcomes["arr_delay"].astype("float64").to_numpy())
-    # cum[:, c] = sum of columns <= c; a snapshot at day T sees days < T, i.e. columns <= T - first
-    cum = {name: np.cumsum(g, axis=1) for name, g in (("n", grid_n), ("late", grid_late), ("delay", grid_delay))}
-    hi = snap_day - first
+    sums = trailing_window_sums(codes, len(uniques), landed_day + 1,
+                                {"n": None, "late": outcomes["late"].astype("float64").to_numpy(),
+                                 "delay": outcomes["arr_delay"].astype("float64").to_numpy()}, snap_day, windows)
     snap_naive = snapshots.tz_convert("UTC").tz_localize(None).to_numpy()  # datetime64, not Timestamp objects
     out = pd.DataFrame({
         key: np.repeat(uniques.astype(str), len(snap_day)),
         "event_timestamp": pd.DatetimeIndex(np.tile(snap_naive, len(uniques))).tz_localize("UTC"),
     })
-    for suffix, w in windows.items():
-        lo = np.maximum(hi - w, 0)
-        win = {name: (c[:, hi] - c[:, lo]).ravel() for name, c in cum.items()}
+    for suffix in windows:
+        win = {name: values.ravel() for name, values in sums[suffix].items()}
         n = win["n"]
         with np.errstate(invalid="ignore", divide="ignore"):
             out[f"n_{suffix}"] = n

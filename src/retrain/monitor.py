@@ -225,6 +225,7 @@ def run_monitoring(
         window = _read_window(session, model_name, mv.version, window_from, window_to, as_of, profile)
         metrics = dict(mv.metrics or {})
         monitored = mv.version
+        regression = str((mv.params or {}).get("objective", "binary")) == "regression"
     t_read = time.perf_counter()
     # one score per entity, its latest prediction (rows come in insertion order)
     last = ~pd.Series(window["entity_key"]).duplicated(keep="last").to_numpy()
@@ -232,7 +233,7 @@ def run_monitoring(
         profile, window["columns"], window["score"][last], window["label"][last],
         settings=settings, model_name=model_name, model_version=monitored, window_from=window_from,
         window_to=window_to, as_of=as_of, n_predictions=window["n_predictions"],
-        baseline=baseline_auc(profile, metrics),
+        baseline=None if regression else baseline_auc(profile, metrics), regression=regression,
     )
     t_compute = time.perf_counter()
     result.seconds = {"read": t_read - t0, "compute": t_compute - t_read}

@@ -183,16 +183,28 @@ def test_init_writes_a_working_usecase(home: Path) -> None:
     spec = result.spec
     assert spec.folder == (home / "usecases" / "churn").resolve()
     assert {"x", "store", "day_weekday"} <= set(spec.features.names)
+    stats = ["label_count_7d", "label_mean_7d", "label_count_28d", "label_mean_28d"]  # daily data: 7 and 28 days
+    assert spec.features.names[-4:] == stats
     assert spec.features.categorical == ["store"]
     assert {f.name for f in spec.request} == {"day", "x", "store"}
     assert (spec.folder / "contract.yaml").is_file() and (spec.folder / "README.md").is_file()
+    # its own Feast repository, fed by the engine's generic domain functions
+    assert spec.feast is not None and spec.feast.repo == "."
+    assert (spec.feast.raw, spec.feast.tables, spec.feast.entity_rows) == tuple(
+        f"retrain.usecase.generic:{f}" for f in ("raw", "tables", "entity_rows"))
+    for name in ("feature_store.yaml", "feature_store.production.yaml", "features.py"):
+        assert (spec.folder / name).is_file(), name
+    features_py = (spec.folder / "features.py").read_text()
+    assert "ttl=timedelta(days=1)" in features_py and 'name="churn_v1"' in features_py
     settings = settings_for(spec, base_settings())
     volume = Volume(rows=result.contract.rows, days=(result.contract.end - result.contract.start).days)
     assert volume_problems(settings, volume) == []
     assert settings.eval_min_rows < 1000  # sized to ~1 row a day
     # the backtest runs it with its own settings and retrains: not a silent no-op
-    history = load_history(spec, settings)
+    history = load_history(spec, settings)  # through its feature service, as serving reads it
     assert "day_weekday" in history.feature_names and history.slice_columns == ("store",)
+    assert set(stats) <= set(history.feature_names) and "churn_v1" in history.source
+    assert history.frame["label_count_28d"].iloc[-1] > 0 and history.frame["label_count_28d"].iloc[0] == 0
     fast = settings.model_copy(update={"num_boost_round": 20, "num_threads": 1})
     out = run_backtest(history, fast, ["static", "periodic-gated"], period="month")
     gated = next(r for r in out.runs if r.policy.name == "periodic-gated")
@@ -208,6 +220,15 @@ def test_init_refuses_an_existing_name_and_leaves_nothing_half_written(home: Pat
         init_usecase("churn", data, settings=base_settings(), time_col="nope", label_col="churned")
     with pytest.raises(InputFileError, match="NAME"):
         init_usecase("Bad-Name", data, settings=base_settings(), time_col="day", label_col="churned")
+    parent = home / "usecases"
+    assert not parent.exists() or list(parent.iterdir()) == []
+
+
+def test_init_refuses_a_column_named_like_a_generated_feature(home: Path) -> None:
+    frame = pd.read_csv(daily_file(home / "daily.csv")).assign(label_mean_7d=1.0)
+    frame.to_csv(home / "clash.csv", index=False)
+    with pytest.raises(InputFileError, match="label_mean_7d"):
+        init_usecase("churn", home / "clash.csv", settings=base_settings(), time_col="day", label_col="churned")
     parent = home / "usecases"
     assert not parent.exists() or list(parent.iterdir()) == []
 

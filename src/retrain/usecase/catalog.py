@@ -7,7 +7,10 @@ overrides into the settings of that one use case.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -118,7 +121,32 @@ def settings_for(spec: UseCaseSpec, base: Settings) -> Settings:
 
 
 def load_callable(spec: UseCaseSpec, ref: str) -> Callable[..., Any]:
-    """`file.py:function` from the use-case folder, imported by path (use cases are not packages)."""
+    """The function a spec names: `file.py:function` from the use-case folder, imported by path (use
+    cases are not packages), or `package.module:function` from an importable module (the engine's
+    generic domain functions, `retrain.usecase.generic:entity_rows`). A ref whose part before the colon
+    ends in `.py` is a file; anything else a module.
+
+    A function whose first parameter is named `spec` gets this use case's spec bound to it, so every
+    caller invokes a loaded function the same way (`fn(raw_rows)`), generic or the use case's own.
+    """
+    target, _, func = ref.partition(":")
+    if target.endswith(".py"):
+        fn = _from_file(spec, ref)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise UseCaseError(f"{spec.name}: {ref!r}: cannot import module {target!r} ({exc}); a ref is "
+                               "'file.py:function' in the use-case folder or 'package.module:function'") from exc
+        found = getattr(module, func, None)
+        if not callable(found):
+            raise UseCaseError(f"{spec.name}: {ref!r}: module {target!r} has no function {func!r}")
+        fn = found
+    return functools.partial(fn, spec) if _takes_spec(fn) else fn
+
+
+def _from_file(spec: UseCaseSpec, ref: str) -> Callable[..., Any]:
+    """`file.py:function` from the use-case folder, imported by path."""
     if spec.folder is None:
         raise UseCaseError(f"{spec.name}: loader {ref!r} needs the use case's folder")
     file_name, _, func = ref.partition(":")
@@ -132,3 +160,13 @@ def load_callable(spec: UseCaseSpec, ref: str) -> Callable[..., Any]:
     if not callable(fn):
         raise UseCaseError(f"{spec.name}: data.loader: {path} has no function {func!r}")
     return fn
+
+
+def _takes_spec(fn: Callable[..., Any]) -> bool:
+    """True when `fn`'s first parameter is called `spec`."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0].name == "spec" and params[0].kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

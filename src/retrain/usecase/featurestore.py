@@ -1,14 +1,17 @@
 """A use case's own Feast repository: its feature tables, `feast apply`, and point-in-time training
 frames through its feature service.
 
-The domain code (which tables, which entity rows) lives in the use case's folder and is named by the
-spec (`feast.tables`, `feast.entity_rows`); this module only orders the steps, the same way for every
-use case: land raw rows -> tables under `$RETRAIN_HOME/offline/usecases/<name>/` -> apply -> training
+The domain code (which tables, which entity rows) lives in the use case's folder, or is the engine's
+generic module for a use case `retrain init` scaffolded (`retrain.usecase.generic`), and is named by the
+spec (`feast.raw`, `feast.tables`, `feast.entity_rows`; `catalog.load_callable` binds the spec to a
+function that takes it, so every ref is called the same way); this module only orders the steps, the
+same way for every use case: land raw rows -> tables under `$RETRAIN_HOME/offline/usecases/<name>/` -> apply -> training
 frames, whose features must equal what the use case's history gives (the parity test).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,9 +72,14 @@ def apply(spec: UseCaseSpec, settings: Settings) -> None:
     repo = settings.feature_repo
     for py in repo.glob("*.py"):  # Feast imports repo files as top-level modules: drop stale ones
         sys.modules.pop(py.stem, None)
-    if str(repo) not in sys.path:
-        sys.path.append(str(repo))
-    apply_total(load_repo_config(repo, settings.feature_store_yaml), repo, skip_source_validation=False)
+    while str(repo) in sys.path:  # first on the path: another repo's `features.py` must not shadow ours
+        sys.path.remove(str(repo))
+    sys.path.insert(0, str(repo))
+    cwd = os.getcwd()
+    try:
+        apply_total(load_repo_config(repo, settings.feature_store_yaml), repo, skip_source_validation=False)
+    finally:
+        os.chdir(cwd)  # apply_total changes into the repository and stays there
 
 
 def open_store(settings: Settings) -> FeatureStore:

@@ -4,6 +4,10 @@ It infers the raw-batch contract from the data (kinds, ranges with a margin, cat
 rates), picks the calendar parts that carry signal for the label, sizes the minimum-row settings to
 the data's volume, and writes `usecase.yaml`, `contract.yaml` and a README into a staging folder that
 is renamed into place only once the spec reads back valid: a refused file leaves nothing behind.
+
+The use case gets its own Feast repository (`retrain.usecase.feast_repo`): the spec's `feast:` section
+names the engine's generic domain functions (`retrain.usecase.generic`), whose `label_stats` view adds
+how the label behaved recently per entity to the features.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from retrain.config import Settings
 from retrain.usecase.calendar import feature_name, useful_parts
 from retrain.usecase.catalog import SHIPPED_DIR, find_folder, read_spec
 from retrain.usecase.contract import DataContract, InputFileError, infer_contract, read_user_file
+from retrain.usecase.feast_repo import write_repo
+from retrain.usecase.generic import cadence_for, layout, stats_features, windows_for
 from retrain.usecase.sizing import MAX_WINDOW_DAYS, MIN_EVAL_ROWS, Volume, sized_settings
 from retrain.usecase.spec import NAME_PATTERN, SPEC_FILE, UseCaseSpec
 
 CONTRACT_FILE = "contract.yaml"
+GENERIC = "retrain.usecase.generic"  # the module of the generic domain functions the feast section names
 MAX_ENTITY_CATEGORIES = 50
 
 
@@ -89,6 +96,12 @@ def build_spec(name: str, contract: DataContract, *, data_path: Path, calendar: 
     """
     feats = [c for c in contract.columns if c.role == "feature"]
     names = [c.name for c in feats] + [feature_name(contract.time_col, p) for p in calendar]
+    stats = stats_features(windows_for(cadence_for(contract.rows_per_day)))
+    clash = sorted(set(stats) & set(contract.names))
+    if clash:
+        raise InputFileError(f"column(s) {', '.join(map(repr, clash))}: the name of a generated label-stats feature; "
+                             "rename the column(s)")
+    names += stats
     categorical = [c.name for c in feats if c.kind == "category"]
     slices = [c.name for c in feats if c.kind == "category" and c.categories and len(c.categories) <= 20][:2]
     if contract.entity_col and entity_values is not None and entity_values <= MAX_ENTITY_CATEGORIES:
@@ -101,6 +114,8 @@ def build_spec(name: str, contract: DataContract, *, data_path: Path, calendar: 
         "objective": contract.objective,
         "data": {"path": str(data_path), "time_col": contract.time_col, "entity_col": contract.entity_col},
         "label": {"column": contract.label_col, "delay_hours": float(label_delay_hours)},
+        "feast": {"repo": ".", "raw": f"{GENERIC}:raw", "tables": f"{GENERIC}:tables",
+                  "entity_rows": f"{GENERIC}:entity_rows"},
         "features": {"service": f"{name}_v1", "names": names, "categorical": categorical,
                      "calendar": list(calendar), "timezone": "UTC"},
         "request": _request_fields(contract),
@@ -143,6 +158,12 @@ def init_usecase(name: str, data: Path, *, settings: Settings, time_col: str, la
     try:
         staging.mkdir()
         _write(staging, spec_map, contract, calendar, notes)
+        staged = read_spec(staging)
+        try:
+            layout(staged, contract)
+        except ValueError as exc:
+            raise InputFileError(f"{data.name}: {exc}") from exc
+        write_repo(staging, staged, contract)
         read_spec(staging)  # validate before publishing
         staging.rename(final)
     finally:
@@ -172,5 +193,8 @@ def _write(folder: Path, spec_map: dict[str, Any], contract: DataContract, calen
              f"- {contract.rows:,} rows, {contract.rows_per_day:.2f} per day",
              f"- calendar features from the time column: {cal}",
              f"- settings sized to the data: {spec_map['settings'] or 'defaults fit'}",
+             f"- its own Feast repository (project `{spec_map['name']}`): `feature_store.yaml`, "
+             "`feature_store.production.yaml` and `features.py` (entity, label-stats view, request view, feature "
+             f"service `{spec_map['features']['service']}`), fed by `retrain.usecase.generic`",
              *[f"- note: {n}" for n in notes], ""]
     (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
