@@ -50,3 +50,43 @@ def test_bike_sharing_from_ingest_to_an_evaluated_challenger(tmp_path: Path) -> 
     env.pop("RETRAIN_USECASE", None)
     flights = subprocess.run([EXE, "models", "list", "--json"], capture_output=True, text=True, env=env, timeout=60)
     assert json.loads(flights.stdout) == []
+
+
+def test_a_new_usecase_from_a_csv_to_a_champion_in_four_commands(tmp_path: Path) -> None:
+    """The README's "Add your own model": init, ingest (lands, applies, materializes), train, evaluate
+    (a first model is promoted when its absolute gates pass)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    n = 24 * 90
+    ts = pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC")
+    store = rng.choice(["north", "south", "east"], size=n)
+    price = rng.uniform(1, 5, n)
+    units = 40 + 15 * np.sin(ts.hour.to_numpy() / 24 * 2 * np.pi) - 4 * price + (store == "north") * 10 \
+        + rng.normal(0, 3, n)
+    pd.DataFrame({"ts": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "store": store, "price": price.round(2),
+                  "units": units.round(1)}).to_csv(tmp_path / "sales.csv", index=False)
+    home, ucs = tmp_path / "var", tmp_path / "usecases"
+    env = {**os.environ, "RETRAIN_HOME": str(home), "RETRAIN_USECASES_DIR": str(ucs),
+           "RETRAIN_RETRAIN_BUILD_BENTO": "false", "RETRAIN_NUM_BOOST_ROUND": "40", "RETRAIN_NUM_THREADS": "1"}
+    env.pop("RETRAIN_USECASE", None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    made = json.loads(cli("init", "sales", "--data", str(tmp_path / "sales.csv"), "--time-col", "ts",
+                          "--label-col", "units", "--entity-col", "store", "--regression",
+                          "--label-delay-hours", "1", "--json").stdout)
+    assert "ts_hour" in made["features"] and "store" in made["features"]
+    landed = json.loads(cli("--usecase", "sales", "ingest", "--until", "2024-03-01", "--json").stdout)
+    assert landed["landed"] > 1000 and landed["online"]["seeded"]
+    trained = json.loads(cli("--usecase", "sales", "train", "--from", "2024-01-01", "--to", "2024-02-15",
+                             "--json").stdout)
+    result = json.loads(cli("--usecase", "sales", "evaluate", trained["version"], "--window-from", "2024-02-15",
+                            "--window-to", "2024-03-01", "--json").stdout)
+    assert result["decision"] == "promote" and result["champion"] is None
+    listed = json.loads(cli("--usecase", "sales", "models", "list", "--json").stdout)
+    assert [r["alias"] for r in listed] == ["champion"]

@@ -35,6 +35,22 @@ def _refresh_features(settings: Settings, known_until: str | None) -> dict[str, 
     return refresh_feature_tables(settings, known_until)
 
 
+def _online_until(settings: Settings, spec: Any, until: str) -> dict[str, Any]:
+    """Register the use case's Feast objects (idempotent) and materialize up to `until`: after an
+    ingest its features are servable and trainable as of that time."""
+    import contextlib
+    import sys
+
+    from retrain.features import materialize_until
+    from retrain.usecase import featurestore
+    from retrain.usecase.landing import data_start
+
+    with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress on stdout; keep it for --json
+        featurestore.apply(spec, settings)
+        return materialize_until(featurestore.open_store(settings), settings, until,
+                                 start=data_start(settings, spec))
+
+
 def _print_summary(payload: dict[str, Any]) -> None:
     table = Table(title=f"ingest: {payload['status']}", show_header=False)
     for key in ("batch_id", "received", "accepted", "quarantined", "refused", "outcomes"):
@@ -63,7 +79,8 @@ def register(app: typer.Typer) -> None:
                                                                "time (ISO date/time, UTC) instead of reading PATH."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
         refresh: bool = typer.Option(True, "--refresh/--no-refresh",
-                                     help="Rebuild the feature tables after landing."),
+                                     help="Rebuild the feature tables after landing (a use case with its own "
+                                          "Feast repository: also apply it and materialize up to --until)."),
     ) -> None:
         """Validate a batch, quarantine bad rows with a reason, land the rest in the offline store."""
         from retrain.commands.usecases import active
@@ -80,8 +97,11 @@ def register(app: typer.Typer) -> None:
                       code=2, as_json=as_json)
             from retrain.usecase.landing import replay_until as land_until
 
-            with console.status(f"landing {spec.name} up to {until}"):
+            with console.status(f"landing {spec.name} up to {until}") as status:
                 landed = land_until(spec, settings, sessions, until).to_dict()
+                if refresh and landed["total_landed"]:
+                    status.update(f"feast apply + materialize {spec.name} up to {until}")
+                    landed["online"] = _online_until(settings, spec, until)
             if as_json:
                 typer.echo(json.dumps(landed))
             else:
