@@ -8,7 +8,7 @@ value, the threshold it was held to and a one-line detail with the numbers behin
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -176,20 +176,24 @@ def slice_results(y: npt.ArrayLike, challenger: npt.ArrayLike, champion: npt.Arr
     yb = metrics.as_labels(y)
     a, b = metrics.as_scores(challenger), metrics.as_scores(champion)
     out: list[SliceResult] = []
+    for name, count, mask in slice_masks(slices, config.slice_min_rows):
+        ys = yb[mask]
+        if config.metric == "auc" and (ys.all() or not ys.any()):
+            continue
+        ma, mb = metrics.metric(config.metric, ys, a[mask]), metrics.metric(config.metric, ys, b[mask])
+        delta = metrics.improvement(config.metric, ma, mb)
+        out.append(SliceResult(name, count, ma, mb, delta, delta < -config.slice_tolerance))
+    return out
+
+
+def slice_masks(slices: Mapping[str, npt.ArrayLike], min_rows: int) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(`column=value`, rows, row mask) for every slice value with at least `min_rows` rows."""
     for column, raw in slices.items():
         keys = np.asarray(raw).astype(str)
         values, counts = np.unique(keys, return_counts=True)
         for value, count in zip(values, counts, strict=True):
-            if count < config.slice_min_rows:
-                continue
-            mask = keys == value
-            ys = yb[mask]
-            if config.metric == "auc" and (ys.all() or not ys.any()):
-                continue
-            ma, mb = metrics.metric(config.metric, ys, a[mask]), metrics.metric(config.metric, ys, b[mask])
-            delta = metrics.improvement(config.metric, ma, mb)
-            out.append(SliceResult(f"{column}={value}", int(count), ma, mb, delta, delta < -config.slice_tolerance))
-    return out
+            if count >= min_rows:
+                yield f"{column}={value}", int(count), keys == value
 
 
 def slice_gate(results: list[SliceResult], config: GateConfig) -> GateResult:

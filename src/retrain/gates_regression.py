@@ -27,6 +27,7 @@ from retrain.gates import (
     conclude,
     serving_gates,
     skipped,
+    slice_masks,
 )
 
 LOSSES = ("rmse", "mae")
@@ -68,16 +69,10 @@ def slice_results(metric: str, loss_a: np.ndarray, loss_b: np.ndarray, slices: M
                   config: GateConfig) -> list[SliceResult]:
     """The metric per slice value with enough rows; delta is the relative gain (negative = worse)."""
     out: list[SliceResult] = []
-    for column, raw in slices.items():
-        keys = np.asarray(raw).astype(str)
-        values, counts = np.unique(keys, return_counts=True)
-        for value, count in zip(values, counts, strict=True):
-            if count < config.slice_min_rows:
-                continue
-            mask = keys == value
-            ma, mb = summarize(metric, loss_a[mask]), summarize(metric, loss_b[mask])
-            delta = (mb - ma) / mb if mb > 0 else 0.0
-            out.append(SliceResult(f"{column}={value}", int(count), ma, mb, delta, delta < -config.slice_tolerance))
+    for name, count, mask in slice_masks(slices, config.slice_min_rows):
+        ma, mb = summarize(metric, loss_a[mask]), summarize(metric, loss_b[mask])
+        delta = (mb - ma) / mb if mb > 0 else 0.0
+        out.append(SliceResult(name, count, ma, mb, delta, delta < -config.slice_tolerance))
     return out
 
 

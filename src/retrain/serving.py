@@ -396,17 +396,26 @@ class ServingRuntime:
                 "features": dict(zip(self.features, values[i], strict=True)), "missing_features": missing,
                 "score": score, "shadow_version": None, "shadow_score": None})
         self.predlog.submit(LogBatch(rows, matrix))
+        self._count(version, missing_mask, t0)
+        return PredictResponse.model_construct(request_id=request_id, model_name=self.settings.model_name,
+                                               model_version=version, predictions=preds)
+
+    def _count(self, version: str, missing_mask: np.ndarray, t0: float) -> None:
+        """Request metrics: predictions, missing feature values, batch size, latency since `t0`."""
         m = self.metrics
+        n_rows = int(missing_mask.shape[0])
         n_missing = int(missing_mask.sum())
-        m.predictions.labels(version).inc(len(flights))
+        m.predictions.labels(version).inc(n_rows)
         m.feature_values.inc(missing_mask.size)
         if n_missing:
             m.feature_values_missing.inc(n_missing)
             m.flights_with_missing.inc(int(missing_mask.any(axis=1).sum()))
-        m.batch_size.observe(len(flights))
+        m.batch_size.observe(n_rows)
         m.request_latency.observe(time.perf_counter() - t0)
-        return PredictResponse.model_construct(request_id=request_id, model_name=self.settings.model_name,
-                                               model_version=version, predictions=preds)
+
+    def _shadow_inputs(self, challenger: LoadedModel, stacked: np.ndarray) -> np.ndarray:
+        """The challenger's input matrix from the logged rows (a subclass may re-encode them)."""
+        return stacked
 
     def _shadow(self, batches: list[LogBatch]) -> None:
         """Score the challenger on the logged feature rows (runs in the log's flusher thread)."""
@@ -417,7 +426,7 @@ class ServingRuntime:
         if not todo:
             return
         stacked = np.vstack([b.matrix for b in todo if b.matrix is not None])
-        scores = challenger.predict(stacked, num_threads=self.settings.num_threads)
+        scores = challenger.predict(self._shadow_inputs(challenger, stacked), num_threads=self.settings.num_threads)
         k = 0
         for b in todo:
             for row in b.rows:

@@ -154,6 +154,7 @@ def client(bike: BikeHome) -> Iterator[TestClient]:
     drop_bentoml_metrics()
     with TestClient(UseCaseService.to_asgi()) as c:  # type: ignore[attr-defined]
         yield c
+    drop_bentoml_metrics()  # leave the registry as found for the next module's app
 
 
 def offline_score(bike: BikeHome, i: int, **changes: Any) -> float:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from retrain.usecase.calendar import feature_name
 from retrain.usecase.contract import DataContract
+from retrain.usecase.labels import known_at, label_values
 from retrain.usecase.spec import UseCaseSpec
 
 STATS_TABLE = "label_stats"
@@ -178,25 +179,6 @@ def entity_keys(spec: UseCaseSpec, rows: pd.DataFrame) -> pd.Series:
     if entity is None:
         return pd.Series(GLOBAL_KEY, index=rows.index, dtype=object)
     return pd.Series([_category(v) or MISSING_KEY for v in rows[entity].tolist()], index=rows.index, dtype=object)
-
-
-def known_at(spec: UseCaseSpec, rows: pd.DataFrame) -> pd.Series:
-    """When each row's label became known: time + label.delay_hours, or the `available_col` stamp."""
-    when = _times(spec, rows) + pd.Timedelta(hours=spec.label.delay_hours)
-    col = spec.label.available_col
-    if col and col in rows.columns:
-        stamped = pd.to_datetime(rows[col], utc=True)
-        when = stamped.where(stamped.notna(), when)
-    return when
-
-
-def label_values(spec: UseCaseSpec, rows: pd.DataFrame) -> pd.Series:
-    """The label as floats (0/1 for binary); NaN where missing."""
-    from retrain.backtest_data import binary_label, regression_label
-
-    col = spec.label.column
-    parse = binary_label if spec.objective == "binary" else regression_label
-    return pd.to_numeric(parse(rows[col], col), errors="coerce").astype("float64")
 
 
 def _steps(times: pd.Series, step: pd.Timedelta) -> np.ndarray:

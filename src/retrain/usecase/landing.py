@@ -22,6 +22,7 @@ from retrain.jsonsafe import json_safe, read_json_state, write_json_atomic
 from retrain.offline import file_lock, read_parts, write_parquet_atomic
 from retrain.usecase import featurestore as FS
 from retrain.usecase.catalog import UseCaseError, load_callable
+from retrain.usecase.labels import known_at, label_values
 from retrain.usecase.spec import UseCaseSpec
 
 if TYPE_CHECKING:
@@ -70,26 +71,6 @@ def data_start(settings: Settings, spec: UseCaseSpec) -> pd.Timestamp:
     return pd.to_datetime(rows[spec.data.time_col], utc=True).min() - pd.Timedelta(days=7)
 
 
-def available_times(spec: UseCaseSpec, raw: pd.DataFrame) -> pd.Series:
-    """When each row's label became known (UTC)."""
-    times = pd.to_datetime(raw[spec.data.time_col], utc=True)
-    when = times + pd.Timedelta(hours=spec.label.delay_hours)
-    col = spec.label.available_col
-    if col and col in raw.columns:
-        stamped = pd.to_datetime(raw[col], utc=True)
-        when = stamped.where(stamped.notna(), when)
-    return when
-
-
-def label_values(spec: UseCaseSpec, rows: pd.DataFrame) -> pd.Series:
-    """The label as floats (0/1 for binary, from bools, numbers or yes/no words); NaN when missing."""
-    from retrain.backtest_data import binary_label, regression_label
-
-    col = spec.label.column
-    parse = binary_label if spec.objective == "binary" else regression_label
-    return parse(rows[col], col)
-
-
 def _row_ids(spec: UseCaseSpec, rows: pd.DataFrame) -> pd.Series:
     assert spec.feast is not None
     ids = load_callable(spec, spec.feast.entity_rows)(rows)[FS.ROW_ID]
@@ -126,7 +107,7 @@ def replay_until(spec: UseCaseSpec, settings: Settings, sessions: sessionmaker[S
             total = int(state.get("rows", 0))
             return LandResult(spec.name, end.isoformat(), 0, 0, 0, total, None)
         raw = FS.raw_rows(spec) if raw is None else raw
-        ready = available_times(spec, raw)
+        ready = known_at(spec, raw)
         pick = (ready <= end) if since is None else (ready > since) & (ready <= end)
         new = raw[pick.to_numpy()]
         accepted, rejected = _contract_check(spec, new)
@@ -162,7 +143,7 @@ def _record(spec: UseCaseSpec, sessions: sessionmaker[Session], new: pd.DataFram
                                  raw=json_safe(new.iloc[int(r["row"]) - 1].to_dict())))
         if len(accepted):
             ids = _row_ids(spec, accepted)
-            when = available_times(spec, accepted)
+            when = known_at(spec, accepted)
             event = pd.to_datetime(accepted[spec.data.time_col], utc=True)
             labels = label_values(spec, accepted)
             rows = [{"model_name": spec.name, "entity_key": ids.iloc[i], "event_time": event.iloc[i].to_pydatetime(),

@@ -284,34 +284,11 @@ class UseCaseRuntime(ServingRuntime):
                 "features": {name: _json_value(v) for name, v in zip(self.features, raw[i], strict=True)},
                 "missing_features": missing, "score": score, "shadow_version": None, "shadow_score": None})
         self.predlog.submit(LogBatch(log_rows, raw))
-        m = self.metrics
-        n_missing = int(missing_mask.sum())
-        m.predictions.labels(version).inc(len(rows))
-        m.feature_values.inc(missing_mask.size)
-        if n_missing:
-            m.feature_values_missing.inc(n_missing)
-            m.flights_with_missing.inc(int(missing_mask.any(axis=1).sum()))
-        m.batch_size.observe(len(rows))
-        m.request_latency.observe(time.perf_counter() - t0)
+        self._count(version, missing_mask, t0)
         return self.models.response.model_construct(request_id=request_id, model_name=self.settings.model_name,
                                                     model_version=version, predictions=preds)
 
-    def _shadow(self, batches: list[LogBatch]) -> None:
-        """Score the challenger on the logged raw values, encoded with its own categories (flusher thread)."""
-        challenger = self.follower.challenger
-        if challenger is None:
-            return
-        todo = [b for b in batches if b.matrix is not None and len(b.rows)]
-        if not todo:
-            return
-        raw = np.vstack([b.matrix for b in todo if b.matrix is not None])
-        matrix = encode(raw, self.features, self.follower.codes_of(challenger))
-        scores = challenger.predict(matrix, num_threads=self.settings.num_threads)
-        k = 0
-        for b in todo:
-            for row in b.rows:
-                row["shadow_version"] = challenger.version
-                row["shadow_score"] = float(scores[k])
-                k += 1
-        self.metrics.shadow_predictions.labels(challenger.version).inc(k)
+    def _shadow_inputs(self, challenger: LoadedModel, stacked: np.ndarray) -> np.ndarray:
+        """The logged raw values, encoded with the challenger's own categories (flusher thread)."""
+        return encode(stacked, self.features, self.follower.codes_of(challenger))
 

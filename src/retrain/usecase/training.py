@@ -12,7 +12,8 @@ import pandas as pd
 from retrain.config import Settings
 from retrain.train import FrameProvider, TrainedVersion, TrainingError, train_version
 from retrain.usecase import featurestore as FS
-from retrain.usecase.landing import label_values, landed_rows
+from retrain.usecase.labels import label_values
+from retrain.usecase.landing import landed_rows
 from retrain.usecase.spec import UseCaseSpec
 
 if TYPE_CHECKING:
