@@ -16,6 +16,7 @@ BENCHES: dict[str, list[str]] = {
     "train": ["bench/train.py", "--repeats", "3"],
     "monitor": ["bench/monitor.py", "--rows", "100000", "--repeat", "5"],
     "serve": ["bench/serve.py", "--duration", "20"],
+    "serve_generic": ["bench/serve_generic.py", "--duration", "15"],
     "loop": ["bench/loop.py"],
     "day": ["bench/day_step.py"],
     "backtest": ["bench/backtest.py"],

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import statistics
@@ -138,15 +139,21 @@ async def closed_loop(url: str, reqs: list[dict[str, Any]], clients: int, second
 
 
 def measure(targets: list[tuple[str, str, list[dict[str, Any]]]], batch: int, clients: int, seconds: float,
-            rounds: int) -> list[Result]:
-    """Alternate the targets in `rounds` slices of `seconds / rounds` each (load drift hits both alike)."""
+            rounds: int, permute: bool = False) -> list[Result]:
+    """Alternate the targets in `rounds` slices of `seconds / rounds` each (load drift hits both alike).
+
+    `permute`: round r runs the targets in the r-th of their orders (itertools.permutations, cycled),
+    so with rounds a multiple of n! every target runs in every position and after every other one
+    equally often (a server's background work after its slice, such as the prediction-log flush,
+    then does not always land on the same neighbour)."""
     lat: dict[str, list[float]] = {name: [] for name, _, _ in targets}
     errs = dict.fromkeys(lat, 0)
     spent = dict.fromkeys(lat, 0.0)
     for _name, url, reqs in targets:
         asyncio.run(closed_loop(url, reqs, clients, 2.0))  # warm-up
-    for _ in range(rounds):
-        for name, url, reqs in targets:
+    orders = list(itertools.permutations(targets)) if permute else [tuple(targets)]
+    for r in range(rounds):
+        for name, url, reqs in orders[r % len(orders)]:
             t0 = time.perf_counter()
             got, errors = asyncio.run(closed_loop(url, reqs, clients, seconds / rounds))
             spent[name] += time.perf_counter() - t0

@@ -10,8 +10,8 @@ from prefect.artifacts import create_table_artifact
 
 from retrain import clock
 from retrain.data import to_utc
-from retrain.events import AlertPayload, alert_event_name, blocked_by, emit, model_resource, record_alert
 from retrain.monitor import monitoring_history, plot_history, run_monitoring
+from retrain.monitor_alerts import send_alerts
 from retrain.registry import open_registry
 from retrain.usecase.pipeline import settings_of
 
@@ -30,30 +30,9 @@ def monitor_task(model_name: str, as_of: str | None, window_days: float | None) 
 
 @task
 def emit_alerts(model_name: str, alerts: list[dict[str, Any]], as_of: str) -> dict[str, int]:
-    """Each firing rule becomes a `retrain.alert.<kind>` event on `retrain.model.<name>`.
-
-    An alert the ledger would skip (same dedupe key already run, cooldown after a promotion) is
-    recorded with that reason here instead, without spending a retrain flow run on it.
-    """
+    """Each firing rule becomes an event, or a ledger row when the ledger would skip it."""
     _spec, settings = settings_of(model_name)
-    sessions = open_registry(settings)
-    now = to_utc(as_of).to_pydatetime()
-    counts = {"sent": 0, "skipped": 0}
-    sent_keys: set[str] = set()
-    for raw in alerts:
-        payload = AlertPayload.model_validate(raw)
-        key = payload.effective_dedupe_key(model_name, now, settings)
-        blocked = blocked_by(sessions, settings, payload, now, model_name=model_name)
-        if blocked is None and key in sent_keys:  # several rules fired: one event per dedupe key
-            blocked = ("deduplicated", f"dedupe key {key!r} already sent by this monitoring pass")
-        if blocked is not None:
-            record_alert(sessions, payload, model_name=model_name, outcome=blocked[0],
-                         detail=f"{blocked[1]} (seen by the monitor; no event sent)", received_at=now)
-            counts["skipped"] += 1
-            continue
-        counts["sent"] += emit(alert_event_name(payload.kind), model_resource(model_name), raw, settings)
-        sent_keys.add(key)
-    return counts
+    return send_alerts(settings, open_registry(settings), model_name, alerts, to_utc(as_of).to_pydatetime())
 
 
 @task

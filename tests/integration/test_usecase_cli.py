@@ -27,10 +27,11 @@ def test_bike_sharing_from_ingest_to_an_evaluated_challenger(tmp_path: Path) -> 
     home = tmp_path / "var"
     landed = json.loads(run(home, "ingest", "--until", "2011-03-15", "--json").stdout)
     assert landed["landed"] > 1500 and landed["quarantined"] == 0 and set(landed["tables"]) == {"weather", "demand"}
-    assert run(home, "apply").returncode == 0
+    assert set(landed["online"]["seeded"]) == {"bike_weather", "bike_demand"}  # ingest applied + materialized
+    assert run(home, "apply").returncode == 0  # idempotent
     done = run(home, "materialize", "--until", "2011-03-15T00:00:00", "--json")
     assert done.returncode == 0, done.stderr
-    assert set(json.loads(done.stdout)["seeded"]) == {"bike_weather", "bike_demand"}
+    assert json.loads(done.stdout)["seeded"] == []  # already seeded by ingest
     first = json.loads(run(home, "train", "--from", "2011-01-01", "--to", "2011-02-15", "--json").stdout)
     assert "rmse" in first["validation"]
     promoted = run(home, "promote", first["version"], "--reason", "first champion")
@@ -45,6 +46,9 @@ def test_bike_sharing_from_ingest_to_an_evaluated_challenger(tmp_path: Path) -> 
     listed = json.loads(run(home, "models", "list", "--json").stdout)
     champion = [r["version"] for r in listed if r["alias"] == "champion"]
     assert champion == [second["version"] if result["decision"] == "promote" else first["version"]]
+    watched = json.loads(run(home, "monitor", "--as-of", "2011-03-15", "--json").stdout)
+    assert watched["model_name"] == "bike_sharing" and watched["version"] == champion[0]
+    assert "rmse" in watched["summary"] and watched["summary"]["auc"] is None  # regression monitoring
     # the flights use case in the same home is untouched: its registry is separate
     env = {**os.environ, "RETRAIN_HOME": str(home)}
     env.pop("RETRAIN_USECASE", None)

@@ -1,8 +1,9 @@
-"""`retrain alert`: raise a retrain alert from the shell, as monitoring would."""
+"""`retrain alert` and `retrain monitor`: raise a retrain alert from the shell, or run a monitoring pass."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -11,7 +12,7 @@ console = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Attach `retrain alert`."""
+    """Attach `retrain alert` and `retrain monitor`."""
 
     @app.command("alert")
     def alert_cmd(
@@ -47,3 +48,51 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(result.as_json()))
         else:
             console.print(f"sent retrain.alert.{payload.kind} to {url} (event {', '.join(result.sent)})")
+
+    @app.command("monitor")
+    def monitor_cmd(
+        as_of: str | None = typer.Option(None, "--as-of", help="End of the window (default: the retrain clock)."),
+        window_days: float | None = typer.Option(None, "--window-days", help="Default: monitor_window_days."),
+        send: bool = typer.Option(False, "--emit/--no-emit", help="Send firing rules as retrain.alert.* events "
+                                  "to the Prefect server (the retrain deployment's trigger starts a retrain)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """One monitoring pass over the active use case's champion: drift, decay, the rules that fire."""
+        from datetime import timedelta
+
+        from retrain import clock
+        from retrain.config import get_settings
+        from retrain.data import to_utc
+        from retrain.monitor import run_monitoring
+        from retrain.registry import open_registry
+
+        settings = get_settings()
+        sessions = open_registry(settings)
+        now = to_utc(as_of).to_pydatetime() if as_of else clock.now(settings)
+        window_from = now - timedelta(days=window_days or settings.monitor_window_days)
+        result = run_monitoring(sessions, settings, settings.model_name, window_from, now, now)
+        alerts = [a.to_payload().event_payload() for a in result.alerts]
+        doc: dict[str, Any] = {"model_name": settings.model_name, "version": result.model_version,
+               "window_from": window_from.isoformat(), "window_to": now.isoformat(),
+               "n_predictions": result.n_predictions, "n_labelled": result.n_labelled,
+               "summary": result.summary(), "alerts": alerts}
+        if send and alerts:
+            import os
+
+            from retrain import services
+            from retrain.monitor_alerts import send_alerts
+
+            os.environ.setdefault("PREFECT_API_URL", services.prefect_api_url(settings))
+            doc["events"] = send_alerts(settings, sessions, settings.model_name, alerts, now)
+        if as_json:
+            typer.echo(json.dumps(doc, default=str))
+            return
+        console.print(f"{doc['model_name']} {doc['version']}: {doc['n_predictions']:,} predictions, "
+                      f"{doc['n_labelled']:,} matured labels in [{doc['window_from']}, {doc['window_to']})")
+        for key, value in doc["summary"].items():
+            if value is not None:
+                console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+        for alert in alerts:
+            console.print(f"  [red]alert[/red] {alert['kind']}: {alert.get('reason') or alert.get('metric')}")
+        if "events" in doc:
+            console.print(f"  events: {doc['events']}")
