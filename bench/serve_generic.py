@@ -21,7 +21,7 @@ and `--old-first` reproduce those fixed orders:
   serving_home.py (its own schema). A `sitecustomize` probe on the servers' PYTHONPATH logs which
   file `import retrain` resolved to in every server process; the report quotes those lines;
 - `generic bike_sharing`: `bentoml serve bentos.usecase.service:UseCaseService --arg usecase=bike_sharing`
-  over the bike home of tests/unit/test_usecase_service.py (tables landed to 2011-06-02, `feast apply`,
+  over the bike home of tests/support/bike_home.py (tables landed to 2011-06-02, `feast apply`,
   a LightGBM regression trained through the feature service, registered and promoted as champion,
   online store materialized to 2011-06-01 14:00).
 
@@ -128,7 +128,7 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
 
 
 def bike_home(home: Path) -> tuple[Settings, list[dict[str, Any]]]:
-    """tests/unit/test_usecase_service.py's bike home (built once per work dir) and its May 2011 request rows."""
+    """tests/support/bike_home.py's bike home (built once per work dir) and its May 2011 request rows."""
     import pandas as pd
 
     from retrain.usecase import featurestore as FS
@@ -136,7 +136,7 @@ def bike_home(home: Path) -> tuple[Settings, list[dict[str, Any]]]:
 
     env = {"RETRAIN_HOME": str(home), "RETRAIN_USECASE": USECASE, "BENTOML_HOME": str(home / "bentoml")}
     with patched_env(env):
-        from tests.unit.test_usecase_service import build_bike_home, payload
+        from tests.support.bike_home import build_bike_home, payload
 
         if not (home / "bentoml").exists():
             home.mkdir(parents=True, exist_ok=True)

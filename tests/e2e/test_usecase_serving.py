@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select
+from tests.support.bike_home import HOURS, USECASE, BikeHome, bike_env, build_bike_home, offline_score, payload
 from tests.support.serving_home import Server, free_port, wait_for
-from tests.unit.test_usecase_service import HOURS, USECASE, BikeHome, bike_env, build_bike_home, offline_score, payload
 
 from retrain.config import get_settings
 from retrain.db import Prediction
