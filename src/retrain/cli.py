@@ -43,7 +43,7 @@ def _global_options(
     debug: bool = typer.Option(False, "--debug", envvar="RETRAIN_DEBUG",
                                help="Show the full traceback when a command fails (also RETRAIN_DEBUG=1)."),
     usecase: str | None = typer.Option(None, "--usecase", help="The use case every command acts on "
-                                       "(default RETRAIN_USECASE, else flight_delay); `retrain usecases list`."),
+                                       "(default RETRAIN_USECASE, else the shipped default); `retrain usecases list`."),
 ) -> None:
     _state["debug"] = debug
     if usecase:

@@ -80,12 +80,17 @@ class DemoState:
     retrain_runs: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, settings: Settings) -> DemoState:
-        path = settings.home / STATE_FILE
+    def load(cls, settings: Settings, usecase: str | None = None) -> DemoState:
+        path = state_path(settings, usecase)
         return cls(**json.loads(path.read_text())) if path.exists() else cls()
 
-    def save(self, settings: Settings) -> None:
-        write_json_atomic(settings.home / STATE_FILE, self.__dict__, indent=1)
+    def save(self, settings: Settings, usecase: str | None = None) -> None:
+        write_json_atomic(state_path(settings, usecase), self.__dict__, indent=1)
+
+
+def state_path(settings: Settings, usecase: str | None = None) -> Path:
+    """The flights demo's state file, or a use case's (`demo_state_<name>.json`)."""
+    return settings.home / (STATE_FILE if usecase is None else f"demo_state_{usecase}.json")
 
 
 def utc(value: str | datetime) -> datetime:
@@ -110,15 +115,7 @@ def setup(settings: Settings, plan: DemoPlan, state: DemoState, say: Say) -> Non
     from retrain.ingest import replay_until
     from retrain.registry import open_registry
 
-    settings.ensure_dirs()
-    os.environ.update(services.prefect_env(settings))
-    t0 = time.perf_counter()
-    say("starting the Prefect server (state under RETRAIN_HOME)")
-    services.start(settings, services.prefect_server_spec(settings))
-    say("creating the work pool and deploying prefect.yaml")
-    services.ensure_pool_and_deploy(settings)
-    services.start(settings, services.prefect_worker_spec(settings))
-    state.seconds["servers"] = round(time.perf_counter() - t0, 1)
+    start_prefect(settings, state, say)
     if state.setup_done:
         return
     sessions = open_registry(settings)
@@ -151,6 +148,19 @@ def setup(settings: Settings, plan: DemoPlan, state: DemoState, say: Say) -> Non
     state.setup_done = True
     state.day = plan.replay_from
     state.save(settings)
+
+
+def start_prefect(settings: Settings, state: DemoState, say: Say) -> None:
+    """The Prefect server (state under RETRAIN_HOME), the work pool and deployments, a process worker."""
+    settings.ensure_dirs()
+    os.environ.update(services.prefect_env(settings))
+    t0 = time.perf_counter()
+    say("starting the Prefect server (state under RETRAIN_HOME)")
+    services.start(settings, services.prefect_server_spec(settings))
+    say("creating the work pool and deploying prefect.yaml")
+    services.ensure_pool_and_deploy(settings)
+    services.start(settings, services.prefect_worker_spec(settings))
+    state.seconds["servers"] = round(time.perf_counter() - t0, 1)
 
 
 def run_deployment(settings: Settings, name: str, parameters: dict[str, Any], timeout: float = 900) -> Any:
@@ -337,10 +347,6 @@ def monthly_table(settings: Settings, baseline_version: str) -> pd.DataFrame:
                       dtype="float64")
     preds["baseline"] = booster.predict(matrix, num_threads=settings.num_threads)
     preds["month"] = pd.to_datetime(preds["sched_dep"], utc=True).dt.strftime("%Y-%m")
-
-    def per_month(frame: pd.DataFrame, at: str) -> pd.Series:
-        return frame.assign(month=pd.to_datetime(frame[at], utc=True).dt.strftime("%Y-%m")).groupby("month").size()
-
     rows = []
     for month, grp in preds.groupby("month"):
         y = grp["late"].to_numpy(bool)
@@ -348,9 +354,19 @@ def monthly_table(settings: Settings, baseline_version: str) -> pd.DataFrame:
                      "auc_served": roc_auc(y, grp["score"].to_numpy()),
                      "auc_never_retrained": roc_auc(y, grp["baseline"].to_numpy()),
                      "versions": ",".join(sorted(grp["model_version"].unique()))})
-    table = pd.DataFrame(rows)
+    return add_loop_counts(pd.DataFrame(rows), alerts, promos)
+
+
+def add_loop_counts(table: pd.DataFrame, alerts: pd.DataFrame, promos: pd.DataFrame) -> pd.DataFrame:
+    """Per month of `table`: alerts received, retrains run (admitted alerts), champion promotions.
+
+    `alerts` has columns `at`, `outcome`; `promos` `at`, `action`, `alias` (times in simulated UTC)."""
     if table.empty:
         return table
+
+    def per_month(frame: pd.DataFrame, at: str) -> pd.Series:
+        return frame.assign(month=pd.to_datetime(frame[at], utc=True).dt.strftime("%Y-%m")).groupby("month").size()
+
     alerts_m = per_month(alerts, "at") if len(alerts) else pd.Series(dtype=int)
     runs_m = per_month(alerts[alerts["outcome"] == "run"], "at") if len(alerts) else pd.Series(dtype=int)
     champ = promos[(promos["alias"] == "champion") & (promos["action"] == "promote")]
@@ -361,35 +377,50 @@ def monthly_table(settings: Settings, baseline_version: str) -> pd.DataFrame:
     return table
 
 
-def write_report(settings: Settings, table: pd.DataFrame, state: DemoState) -> Path:
-    """HTML page + PNG of monthly AUC (served vs never retrained), marking alerts and promotions."""
+@dataclass(frozen=True)
+class ReportLabels:
+    """What a demo report says: where it goes, the metric columns, titles (defaults: the flights demo)."""
+
+    folder: str = "demo"
+    metric: str = "auc"  # columns <metric>_served and <metric>_never_retrained
+    ylabel: str = "ROC AUC"
+    baseline: str = "never retrained (Jan–Feb model)"
+    title: str = "Flight delay model: served vs never retrained (green: months with promotions)"
+    heading: str = "retrain demo: 2013 replay"
+
+
+def write_report(settings: Settings, table: pd.DataFrame, state: DemoState,
+                 labels: ReportLabels | None = None) -> Path:
+    """HTML page + PNG of the monthly metric (served vs never retrained), marking alerts and promotions."""
     from matplotlib.figure import Figure
 
-    out = settings.reports_dir / "demo"
+    lab = labels or ReportLabels()
+    served, never = f"{lab.metric}_served", f"{lab.metric}_never_retrained"
+    out = settings.reports_dir / lab.folder
     out.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(9, 4.5))
     ax = fig.add_subplot()
     x = np.arange(len(table))
-    ax.plot(x, table["auc_served"], marker="o", label="served (retrained by the loop)")
-    ax.plot(x, table["auc_never_retrained"], marker="s", label="never retrained (Jan–Feb model)")
+    ax.plot(x, table[served], marker="o", label="served (retrained by the loop)")
+    ax.plot(x, table[never], marker="s", label=lab.baseline)
     for i, row in table.iterrows():
         if row["promotions"]:
             ax.axvline(float(str(i)), color="green", alpha=0.3, lw=6)
         if row["alerts"]:
-            ax.annotate(f"{row['alerts']} alert(s)", (float(str(i)), row["auc_served"]), fontsize=7,
+            ax.annotate(f"{row['alerts']} alert(s)", (float(str(i)), row[served]), fontsize=7,
                         xytext=(0, 8), textcoords="offset points", ha="center", color="red")
     ax.set_xticks(x, table["month"], rotation=45, fontsize=8)
-    ax.set_ylabel("ROC AUC")
-    ax.set_title("Flight delay model: served vs never retrained (green: months with promotions)")
+    ax.set_ylabel(lab.ylabel)
+    ax.set_title(lab.title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    png = out / "auc_by_month.png"
+    png = out / f"{lab.metric}_by_month.png"
     fig.savefig(png, dpi=110)
     html = out / "index.html"
     html.write_text(
         "<html><head><meta charset='utf-8'><title>retrain demo</title></head><body>"
-        "<h1>retrain demo: 2013 replay</h1>"
+        f"<h1>{lab.heading}</h1>"
         f"<p>Timings (s): {json.dumps(state.seconds)}</p>"
-        f"<img src='{png.name}' alt='AUC by month'>"
+        f"<img src='{png.name}' alt='{lab.ylabel} by month'>"
         f"{table.to_html(index=False, float_format=lambda v: f'{v:.4f}')}</body></html>")
     return html

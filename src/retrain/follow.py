@@ -6,7 +6,7 @@ its file's sha256 checked against `ModelVersion.model_checksum` BEFORE LightGBM 
 truncated model file aborts the whole process instead of raising), the booster parsed from exactly
 the bytes that were hashed, checked against the feature contract, warmed up with a validation
 prediction, and only then published by replacing one immutable `LoadedModel` reference. A request
-reads that reference once, so every flight of a batch is scored by the same version. When any step
+reads that reference once, so every row of a batch is scored by the same version. When any step
 fails, the old model keeps serving, the failure is logged, counted and emitted as
 `retrain.serving.swap_failed`, and the target is retried after `serve_swap_retry_seconds`.
 """

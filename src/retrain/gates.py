@@ -81,7 +81,7 @@ class GateResult:
 
 @dataclass(frozen=True)
 class SliceResult:
-    """The gate metric of both models on one slice (e.g. carrier=UA)."""
+    """The gate metric of both models on one slice (e.g. store=north)."""
 
     slice: str
     n: int

@@ -129,7 +129,7 @@ def _read_window(session: Session, model_name: str, version: str, window_from: d
     """The window's data in three lean queries, shaped for `monitor_arrays`.
 
     The features JSON concatenated by the database (decoded column-wise), the profiled request
-    attributes (the keys of `attributes`, e.g. carrier, origin for flights) as category counts from
+    attributes (the keys of `attributes`) as category counts from
     one `GROUP BY` over the attributes JSON, and the monitored version's (entity_key, score, matured
     label) in insertion order, the label NULL unless its outcome was available by `as_of`.
     """

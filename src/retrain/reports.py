@@ -120,7 +120,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.promote{{color:#0
 </head><body>
 <h1>Evaluation {evaluation_id} <span class="{d.decision}">{verdict}</span></h1>
 <p>Model <b>{html.escape(data.model_name)}</b>: challenger <b>{html.escape(data.challenger)}</b> vs champion
-<b>{html.escape(data.champion or "none")}</b> on flights departing {html.escape(data.window_from)} to
+<b>{html.escape(data.champion or "none")}</b> on rows from {html.escape(data.window_from)} to
 {html.escape(data.window_to)} ({len(data.y):,} labelled rows).</p>
 <h2>Reasons</h2><ul>{"".join(f"<li>{html.escape(r)}</li>" for r in d.reasons)}</ul>
 <h2>Gates</h2>{html_table(gates_table(d))}

@@ -90,12 +90,25 @@ def prefect_worker_spec(settings: Settings) -> ServiceSpec:
                        argv=[bin_path("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"])
 
 
+FLIGHTS_SERVICE = "bentos.flight_delay.service:FlightDelay"
+USECASE_SERVICE = "bentos.usecase.service:UseCaseService"  # = retrain.usecase.serving.SERVICE_IMPORT
+
+
 def bento_spec(settings: Settings) -> ServiceSpec:
+    """`bentoml serve` of the active use case: the flights' own service, or the generic use-case service
+    (`settings.bento == "usecase"`: a use case with its own Feast repository) with `--arg usecase=NAME`."""
+    argv = [bin_path("bentoml"), "serve"]
+    env: dict[str, str] = {}
+    if settings.bento == "usecase":
+        argv += [USECASE_SERVICE, "--arg", f"usecase={settings.usecase}"]
+        env["RETRAIN_USECASE"] = settings.usecase  # the workers' settings are the served use case's
+    else:
+        argv.append(FLIGHTS_SERVICE)
     return ServiceSpec(
         name="bentoml",
-        argv=[bin_path("bentoml"), "serve", "bentos.flight_delay.service:FlightDelay",
-              "--host", settings.serve_host, "--port", str(settings.serve_port)],
+        argv=[*argv, "--host", settings.serve_host, "--port", str(settings.serve_port)],
         health_url=f"http://{settings.serve_host}:{settings.serve_port}/readyz",
+        env=env,
     )
 
 

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_IMPORT = "bentos.flight_delay.service:FlightDelay"
-INLINE_MAX_FLIGHTS = 128
+INLINE_MAX_ROWS = 128
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 WARMUP_FLIGHT = FlightIn(carrier="UA", flight=1, origin="EWR", dest="IAH", distance=1400.0,
                          sched_dep=datetime(2013, 1, 1, 10, tzinfo=UTC))
@@ -371,7 +371,7 @@ class ServingRuntime:
             raise NotReadyError("no champion model loaded yet" if model is None else "online store not available")
         request_id = self._request_ids()
         ids = [flight_id(f) for f in flights]
-        if len(flights) <= INLINE_MAX_FLIGHTS:  # a thread hop costs more than the work (and the GIL is held)
+        if len(flights) <= INLINE_MAX_ROWS:  # a thread hop costs more than the work (and the GIL is held)
             matrix, scores = self._score(model, flights)
         else:  # long batches in a thread, so small requests and the background tasks interleave
             matrix, scores = await asyncio.to_thread(self._score, model, flights)

@@ -1,8 +1,8 @@
 """The steps of one retrain for any use case: catch up, train, evaluate (what the retrain flow orders).
 
 A use case with its own Feast repository lands its rows (`landing`), trains through its feature
-service (`training`) and is judged by the evaluator with its label and slices; the flights keep the
-engine's original pipeline. The retrain and monitor flows look the use case up by the `model_name`
+service (`training`) and is judged by the evaluator with its label and slices; a use case without one
+keeps the engine's built-in pipeline. The retrain and monitor flows look the use case up by the `model_name`
 their event carries, so several use cases share one Prefect server and one RETRAIN_HOME.
 """
 

@@ -34,7 +34,7 @@ from retrain.config import Settings, base_settings
 from retrain.db import utcnow
 from retrain.follow import AliasTarget, LoadedModel, ModelFollower, ModelLoadError, column_order, parse_verified
 from retrain.predlog import LogBatch
-from retrain.serving import INLINE_MAX_FLIGHTS, NotReadyError, PinnedModel, ServingRuntime
+from retrain.serving import INLINE_MAX_ROWS, NotReadyError, PinnedModel, ServingRuntime
 from retrain.usecase.catalog import UseCaseError, load_callable, load_usecase, settings_for
 from retrain.usecase.featurestore import ROW_ID
 from retrain.usecase.request import RequestModels, example_row, request_models, row_id
@@ -248,7 +248,7 @@ class UseCaseRuntime(ServingRuntime):
         if model is None or self.feature_service is None:
             raise NotReadyError("no champion model loaded yet" if model is None else "online store not available")
         request_id = self._request_ids()
-        if len(rows) <= INLINE_MAX_FLIGHTS:
+        if len(rows) <= INLINE_MAX_ROWS:
             ents, raw, matrix, scores = self._score_rows(model, rows)
         else:
             ents, raw, matrix, scores = await asyncio.to_thread(self._score_rows, model, rows)

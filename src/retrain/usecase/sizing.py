@@ -1,6 +1,6 @@
 """Settings that fit a use case's data volume, and the up-front refusal when they cannot.
 
-The defaults (1,000 evaluation rows, 500 predictions per monitoring window) suit the flights (~900
+The defaults (1,000 evaluation rows, 500 predictions per monitoring window) suit ~900
 labelled rows a day). On a daily dataset of 30 rows a month they make every evaluation refuse and
 monitoring never judge: a loop that silently does nothing. `sized_settings` derives minimums from the
 rows per day; `volume_problems` names each setting that the data can never satisfy, with the number

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class UseCaseTrainingSet:
-    """What `train_version` reads (the same fields as the flights' TrainingSet)."""
+    """What `train_version` reads (the same fields as `features.TrainingSet`)."""
 
     frame: pd.DataFrame
     feature_names: list[str]
