@@ -6,21 +6,16 @@ OpenAPI document carries the use case's fields, and the prediction is logged.
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
 from tests.support.bike_home import HOURS, USECASE, BikeHome, bike_env, build_bike_home, offline_score, payload
-from tests.support.serving_home import Server, free_port, wait_for
+from tests.support.serving_home import Server, start_server, wait_for
 
 from retrain.config import get_settings
 from retrain.db import Prediction
-from retrain.serving import serve_argv, serve_cwd, serve_env
 from retrain.usecase.serving import SERVICE_IMPORT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -36,27 +31,10 @@ def bike(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BikeHome]:
 
 
 def start(home: Path, timeout: float = 120.0) -> Server:
+    """The generic service for bike sharing on a free port (serving_home's harness)."""
     settings = get_settings()
-    port = free_port()
-    env = serve_env(settings, {"RETRAIN_NUM_THREADS": "1", "RETRAIN_SERVE_FOLLOW_SECONDS": "1"})
-    env.pop("PREFECT_API_URL", None)
-    log_path = home / "logs" / f"bentoml-{port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    argv = serve_argv("127.0.0.1", port, service=SERVICE_IMPORT, args={"usecase": USECASE})
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, cwd=serve_cwd(), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    server = Server(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{server.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.url}/readyz", timeout=2.0).status_code == 200:
-                return server
-        time.sleep(0.5)
-    server.stop()
-    raise TimeoutError(f"bentoml serve not ready after {timeout:.0f} s:\n{server.log_tail()}")
+    return start_server(settings, timeout=timeout, service=SERVICE_IMPORT, args={"usecase": USECASE},
+                        extra_env={"RETRAIN_SERVE_FOLLOW_SECONDS": "1"})
 
 
 def test_served_bike_sharing(bike: BikeHome) -> None:

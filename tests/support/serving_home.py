@@ -193,7 +193,8 @@ class Server:
 
 
 def start_server(settings: Settings, *, workers: int = 1, api_key: str | None = None, timeout: float = 120.0,
-                 extra_env: dict[str, str] | None = None, args: dict[str, str] | None = None) -> Server:
+                 extra_env: dict[str, str] | None = None, args: dict[str, str] | None = None,
+                 service: str | None = None) -> Server:
     """Start `bentoml serve` on a free port and wait until `/readyz` answers 200."""
     port = free_port()
     env = serve_env(settings, {
@@ -212,7 +213,8 @@ def start_server(settings: Settings, *, workers: int = 1, api_key: str | None = 
     log_path = settings.home / "logs" / f"bentoml-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(serve_argv("127.0.0.1", port, args=args), cwd=serve_cwd(), env=env, stdout=log,
+        argv = serve_argv("127.0.0.1", port, args=args, **({"service": service} if service else {}))
+        proc = subprocess.Popen(argv, cwd=serve_cwd(), env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     server = Server(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path,
                     headers={"x-api-key": api_key} if api_key else {})
