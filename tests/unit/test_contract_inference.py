@@ -11,14 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from retrain.usecase.batch_check import BatchCheck, check_batch, pandera_schema
 from retrain.usecase.contract import (
-    BatchCheck,
     ColumnContract,
     DataContract,
     InputFileError,
-    check_batch,
     infer_contract,
-    pandera_schema,
     read_user_file,
 )
 

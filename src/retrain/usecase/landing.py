@@ -84,7 +84,8 @@ def _contract_check(spec: UseCaseSpec, rows: pd.DataFrame) -> tuple[pd.DataFrame
         return rows, []
     import yaml
 
-    from retrain.usecase.contract import DataContract, check_batch
+    from retrain.usecase.batch_check import check_batch
+    from retrain.usecase.contract import DataContract
 
     contract = DataContract.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     checked = check_batch(rows.reset_index(drop=True), contract)
