@@ -107,7 +107,9 @@ def _weather_grid() -> tuple[pd.DataFrame, pd.DataFrame]:
     frames = []
     for origin, grp in w.groupby("origin"):
         g = grp.set_index("time_hour")[WEATHER_FEATURES].astype("float64")
-        grid = pd.date_range(g.index.min(), g.index.max(), freq="h")
+        # past the last observation too: the tail carries it forward like any gap (a live deployment is
+        # always at that edge; Feast's exact-hour key would otherwise find no weather there)
+        grid = pd.date_range(g.index.min(), g.index.max() + pd.Timedelta(hours=WEATHER_CARRY_HOURS), freq="h")
         g = g.reindex(grid).ffill(limit=WEATHER_CARRY_HOURS).dropna(how="all")
         g.insert(0, "origin", str(origin))
         frames.append(g.rename_axis("event_timestamp").reset_index())
@@ -121,14 +123,17 @@ def _weather_grid() -> tuple[pd.DataFrame, pd.DataFrame]:
 def weather_table(horizon: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
     """Weather per origin and UTC hour, observed at or before `horizon`.
 
-    One row per (origin, hour) on a complete hourly grid; an hour without an observation carries
-    the last one forward for at most WEATHER_CARRY_HOURS (the same answer a backward as-of join with
-    a 3-hour TTL gives). Rows are keyed `origin_hour` so both the point-in-time join and the online
+    One row per (origin, hour) on a complete hourly grid up to the horizon's hour; an hour without an
+    observation (a gap, or the hours since the last one) carries the last one forward for at most
+    WEATHER_CARRY_HOURS (the same answer a backward as-of join with a 3-hour TTL gives). Rows are keyed `origin_hour` so both the point-in-time join and the online
     lookup are exact-key matches: a flight gets the weather of its departure hour, offline and online.
     """
     grid, observed = _weather_grid()
     last_seen = observed[observed["time_hour"] <= horizon].groupby("origin")["time_hour"].max()
-    cut = grid["origin"].map(last_seen)
+    # hours after an origin's last observation <= horizon hold only its carried value (no later one
+    # is <= horizon), up to the horizon's hour and WEATHER_CARRY_HOURS
+    carried = last_seen + pd.Timedelta(hours=WEATHER_CARRY_HOURS)
+    cut = grid["origin"].map(carried.clip(upper=pd.Timestamp(horizon).floor("h")))
     out = grid[cut.notna().to_numpy() & (grid["event_timestamp"] <= cut).to_numpy()].reset_index(drop=True)
     out["created"] = created
     return out

@@ -280,3 +280,20 @@ def test_weather_table_stops_at_the_last_departure(january_home: tuple[Settings,
     for row in filled.itertuples():
         prior = kept[(kept["origin"] == row.origin) & (kept["time_hour"] < row.event_timestamp)]["time_hour"].max()
         assert row.event_timestamp - prior <= pd.Timedelta(hours=F.WEATHER_CARRY_HOURS)
+
+
+def test_weather_after_the_last_observation_carries_it_to_the_horizon() -> None:
+    """At the edge (the horizon's hour not observed yet) the last observation is carried forward, as the
+    point-in-time join does, so an exact-hour lookup finds weather; never beyond WEATHER_CARRY_HOURS."""
+    w = load_weather().drop_duplicates(["origin", "time_hour"], keep="last")
+    ewr = w[w["origin"] == "EWR"].set_index("time_hour").sort_index()
+    hours = ewr.index
+    gap = next(h for h, nxt in zip(hours[:-1], hours[1:], strict=True) if nxt - h >= pd.Timedelta(hours=4))
+    for ahead in (1, 2, 3):
+        horizon = gap + pd.Timedelta(hours=ahead, minutes=30)
+        table = F.weather_table(horizon, ts("2020-01-01"))
+        rows = table[table["origin"] == "EWR"].set_index("event_timestamp")
+        carried = [gap + pd.Timedelta(hours=k) for k in range(1, ahead + 1) if k <= F.WEATHER_CARRY_HOURS]
+        assert rows.index.max() == (carried[-1] if carried else gap)
+        for hour in carried:
+            assert rows.loc[hour, "temp"] == ewr.loc[gap, "temp"]

@@ -118,14 +118,16 @@ def test_feature_tables_are_rebuilt_only_when_parts_or_horizon_change(home: Home
 
 @pytest.mark.parametrize("horizon", ["2013-01-01 08:00", "2013-03-10 06:00", "2013-07-19 13:00", "2013-12-31 23:00"])
 def test_weather_cut_from_the_year_grid_equals_building_from_observations_so_far(horizon: str) -> None:
-    """The cached year grid cut at each origin's last observation <= horizon is the old per-call build."""
+    """The cached year grid cut at the horizon is the per-call build from the observations <= horizon
+    (gaps and the tail after the last observation carried <= WEATHER_CARRY_HOURS)."""
     h = pd.Timestamp(horizon, tz="UTC")
     w = data.load_weather()
     w = w[w["time_hour"] <= h].drop_duplicates(["origin", "time_hour"], keep="last")
     frames = []
     for origin, grp in w.groupby("origin"):
         g = grp.set_index("time_hour")[features.WEATHER_FEATURES].astype("float64")
-        g = g.reindex(pd.date_range(g.index.min(), g.index.max(), freq="h"))
+        tail = min(g.index.max() + pd.Timedelta(hours=features.WEATHER_CARRY_HOURS), h.floor("h"))
+        g = g.reindex(pd.date_range(g.index.min(), tail, freq="h"))
         g = g.ffill(limit=features.WEATHER_CARRY_HOURS).dropna(how="all")
         g.insert(0, "origin", str(origin))
         frames.append(g.rename_axis("event_timestamp").reset_index())
