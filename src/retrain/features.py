@@ -125,8 +125,9 @@ def weather_table(horizon: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
 
     One row per (origin, hour) on a complete hourly grid up to the horizon's hour; an hour without an
     observation (a gap, or the hours since the last one) carries the last one forward for at most
-    WEATHER_CARRY_HOURS (the same answer a backward as-of join with a 3-hour TTL gives). Rows are keyed `origin_hour` so both the point-in-time join and the online
-    lookup are exact-key matches: a flight gets the weather of its departure hour, offline and online.
+    WEATHER_CARRY_HOURS (the same answer a backward as-of join with a 3-hour TTL gives). Rows are keyed
+    `origin_hour` so both the point-in-time join and the online lookup are exact-key matches: a flight
+    gets the weather of its departure hour, offline and online.
     """
     grid, observed = _weather_grid()
     last_seen = observed[observed["time_hour"] <= horizon].groupby("origin")["time_hour"].max()
