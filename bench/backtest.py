@@ -1,6 +1,6 @@
 """Benchmark: backtest retraining policies on the full 2013 flights, monthly.
 
-    .venv/bin/python bench/backtest.py [--home DIR] [--num-threads 2] [--out /work/notes/bench_backtest.md]
+    .venv/bin/python bench/backtest.py [--home DIR] [--num-threads 2] [--out bench/out/bench_backtest.md]
 
 The history comes through the feature store contract exactly as `retrain backtest` gets it
 (`backtest.load_flights`: land the year, build the feature tables, `feast apply`, one

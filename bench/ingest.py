@@ -6,7 +6,7 @@ and, in the same run on the same file, a floor: `pandas.read_csv` + `DataFrame.t
 same rows. Reports rows/s, the ratio to the floor, a phase breakdown, and the time to recognise
 the same file again (duplicate batch: read + hash + lookup).
 
-    .venv/bin/python bench/ingest.py [--repeat 3] [--format csv|parquet] [--out /work/notes/bench_ingest.md]
+    .venv/bin/python bench/ingest.py [--repeat 3] [--format csv|parquet] [--out bench/out/bench_ingest.md]
 """
 
 from __future__ import annotations

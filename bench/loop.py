@@ -2,7 +2,7 @@
 vs a bare pandas + LightGBM script doing the same training and evaluation (target: loop <= 2x bare).
 
     .venv/bin/python bench/loop.py [--train-days 350] [--home DIR] [--no-bento] [--repeats 2]
-                                   [--out /work/notes/bench_loop.md]
+                                   [--out bench/out/bench_loop.md]
 
 Setup (timed, reported, not part of the ratio): a RETRAIN_HOME with all of 2013 landed through the
 ingest path as seen at 2014-01-01 (the simulated clock), feature tables, `feast apply`, the online
@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="loop passes; the bare script runs before, "
                         "between and after them")
     parser.add_argument("--omp-active", action="store_true", help="leave OMP_WAIT_POLICY alone (spinning threads)")
-    parser.add_argument("--out", type=Path, default=Path("/work/notes/bench_loop.md"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
     args = parser.parse_args(argv)
     if args.bare:
         print(json.dumps(bare(json.loads(Path(args.bare).read_text()))))

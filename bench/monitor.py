@@ -7,7 +7,7 @@ which ~70% have matured. Times `run_monitoring` end to end (query + JSON decode 
 performance + rules + monitoring_runs write) and, in the same run, a floor: numpy-only PSI for every
 feature plus AUC on the same arrays already in memory.
 
-    .venv/bin/python bench/monitor.py [--rows 100000] [--repeat 3] [--out /work/notes/bench_monitor.md]
+    .venv/bin/python bench/monitor.py [--rows 100000] [--repeat 3] [--out bench/out/bench_monitor.md]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ run, times
 checks that both produce the same values (mismatching cells) and reports both times, their ratio
 (target <= 3x) and each phase's peak RSS. With `--profile` it also breaks Feast's time down.
 
-    .venv/bin/python bench/pit.py [--repeat 3] [--home DIR] [--profile] [--out /work/notes/bench_pit.md]
+    .venv/bin/python bench/pit.py [--repeat 3] [--home DIR] [--profile] [--out bench/out/bench_pit.md]
 """
 
 from __future__ import annotations
