@@ -248,3 +248,21 @@ def test_row_id_uses_the_id_column_else_a_generated_one() -> None:
     assert row_id(spec, {"order_id": None}, request_id="r", index=3) == "r-3"
     assert row_id(SPECS["bike_sharing"], {"ts": "x"}, request_id="r", index=0) == "r-0"
     assert len(row_id(SPECS["bike_sharing"], {})) == 32
+
+
+def test_integer_field_with_an_inferred_fractional_range() -> None:
+    """`retrain init` widens ranges by a margin (a 0/1 column becomes -0.1..1.1): the integer field
+    admits the integers inside, found by serving a scaffolded use case."""
+    spec = UseCaseSpec.model_validate({
+        "name": "promo_case", "objective": "regression",
+        "data": {"path": "h.csv", "time_col": "ts"}, "label": {"column": "y"},
+        "features": {"service": "promo_case_v1", "names": ["promo"]},
+        "request": [{"name": "ts", "kind": "datetime"}, {"name": "promo", "kind": "integer", "min": -0.1, "max": 1.1}],
+    })
+    models = request_models(spec)
+    for ok in (0, 1):
+        models.request.model_validate_json(_body([{"ts": "2024-01-01T00:00:00Z", "promo": ok}]))
+    for bad in (-1, 2):
+        with pytest.raises(ValidationError):
+            models.request.model_validate_json(_body([{"ts": "2024-01-01T00:00:00Z", "promo": bad}]))
+    assert example_row(spec)["promo"] in (0, 1)

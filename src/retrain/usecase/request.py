@@ -137,11 +137,12 @@ def _description(f: RequestField) -> str:
     return text
 
 
-def _bound(value: float | None, kind: str) -> float | int | None:
-    """A min/max as the field's type (an integral bound of an integer field as an int)."""
-    if value is not None and kind == "integer" and float(value).is_integer():
-        return int(value)
-    return value
+def _bound(value: float | None, kind: str, *, upper: bool = False) -> float | int | None:
+    """A min/max as the field's type: an integer field's bound as the integer the range allows (an
+    inferred range with a margin, -0.1..1.1, admits 0..1)."""
+    if value is None or kind != "integer":
+        return value
+    return int(math.floor(value)) if upper else int(math.ceil(value))
 
 
 def _field(f: RequestField, index: int) -> tuple[Any, Any]:
@@ -152,7 +153,7 @@ def _field(f: RequestField, index: int) -> tuple[Any, Any]:
     if f.kind == "number":
         kind = Annotated[float, Field(ge=f.min, le=f.max, allow_inf_nan=False)]
     elif f.kind == "integer":
-        kind = Annotated[int, Field(ge=_bound(f.min, "integer"), le=_bound(f.max, "integer"))]
+        kind = Annotated[int, Field(ge=_bound(f.min, "integer"), le=_bound(f.max, "integer", upper=True))]
     elif f.kind == "boolean":
         kind = bool
     elif f.kind == "category":
