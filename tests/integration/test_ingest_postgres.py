@@ -5,8 +5,6 @@ Creates a fresh database `ingest_<random>` on 127.0.0.1:5432 and drops it afterw
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 from tests.support.ingest_home import Home, real_flights
+from tests.support.pg import scratch_database
 
 from retrain import data, db, offline
 from retrain.config import Settings
@@ -25,26 +24,17 @@ pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 
 @pytest.fixture()
 def pg_home(tmp_path: Path) -> Iterator[Home]:
-    psycopg = pytest.importorskip("psycopg")
-    admin_url = os.environ.get("RETRAIN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}")
-    name = f"ingest_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    engine = None
-    try:
-        settings = Settings(home=tmp_path / "home", database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-        settings.ensure_dirs()
-        db.upgrade(settings.db_url)
-        engine = db.make_engine(settings.db_url)
-        yield Home(settings=settings, sessions=db.session_factory(engine))
-    finally:
-        if engine is not None:
-            engine.dispose()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_database("ingest") as url:
+        engine = None
+        try:
+            settings = Settings(home=tmp_path / "home", database_url=url)
+            settings.ensure_dirs()
+            db.upgrade(settings.db_url)
+            engine = db.make_engine(settings.db_url)
+            yield Home(settings=settings, sessions=db.session_factory(engine))
+        finally:
+            if engine is not None:
+                engine.dispose()
 
 
 def test_ingest_replay_and_refusals_on_postgres(pg_home: Home, tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ schema. Runs on SQLite and on PostgreSQL (a database created and dropped here; s
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +20,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import DateTime, bindparam, inspect, select, text
 from sqlalchemy.engine import Engine
+from tests.support.pg import scratch_database
 
 from retrain import db
 
@@ -59,28 +58,13 @@ def _config(url: str) -> Config:
     return cfg
 
 
-def _postgres_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    admin_url = os.environ.get("RETRAIN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}")
-    name = f"migration_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'retrain.db'}"
     else:
-        yield from _postgres_url()
+        with scratch_database("migration") as pg:
+            yield pg
 
 
 @pytest.fixture()
