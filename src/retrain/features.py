@@ -134,7 +134,8 @@ def weather_table(horizon: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
     # hours after an origin's last observation <= horizon hold only its carried value (no later one
     # is <= horizon), up to the horizon's hour and WEATHER_CARRY_HOURS
     carried = last_seen + pd.Timedelta(hours=WEATHER_CARRY_HOURS)
-    cut = grid["origin"].map(carried.clip(upper=pd.Timestamp(horizon).floor("h")))
+    cap = pd.Timestamp(horizon).floor("h")
+    cut = grid["origin"].map(carried.where(carried <= cap, cap))
     out = grid[cut.notna().to_numpy() & (grid["event_timestamp"] <= cut).to_numpy()].reset_index(drop=True)
     out["created"] = created
     return out
