@@ -292,7 +292,6 @@ def _evaluate(settings: Settings, sessions: sessionmaker[Session], challenger: M
         decision = decide_regression(y, chal_scores, champ_scores, config=config,
                                      metric=settings.gate_regression_metric, slices=slices, serving=serving,
                                      feature_services=services, migration=feature_migration)
-        write_report = False  # the report's plots (ROC, calibration) are for binary scores
     else:
         decision = decide(y, chal_scores, champ_scores, config=config, slices=slices, serving=serving,
                           feature_services=services, migration=feature_migration)
@@ -317,7 +316,7 @@ def _evaluate(settings: Settings, sessions: sessionmaker[Session], challenger: M
                                 champion.version if champion else None, start, end, len(frame), decision, html)
     log.info("evaluation %d: %s %s vs %s", evaluation_id, decision.decision, challenger.version,
              champion.version if champion else "none")
-    if reports.in_prefect_run() and not regression:
+    if reports.in_prefect_run():
         reports.publish_artifacts(data, evaluation_id, html)
     if not decision.promote:
         outcome.event_sent = promotion.emit_decision(settings, promotion.EVENT_REJECTED, {

@@ -1,5 +1,6 @@
-"""Evaluation reports people look at: a PNG (ROC curves, per-slice deltas), an HTML page, and the
-Prefect markdown + table artifacts that link to it when the evaluation runs inside a flow run.
+"""Evaluation reports people look at: a PNG (ROC curves, or predicted vs observed for regression, and
+per-slice deltas), an HTML page, and the Prefect markdown + table artifacts that link to it when the
+evaluation runs inside a flow run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ log = logging.getLogger(__name__)
 PNG_NAME = "evaluation.png"
 HTML_NAME = "index.html"
 METRIC_ROWS = ("auc", "log_loss", "brier", "accuracy", "ece", "predicted_rate", "observed_rate", "n")
+REGRESSION_ROWS = ("rmse", "mae", "mean_predicted", "observed_mean", "n")
+SCATTER_POINTS = 5000  # predicted-vs-observed points drawn per model (a seeded sample of the window)
+
+
+def is_regression(decision: Decision) -> bool:
+    """The decision of the regression gates (its metrics carry RMSE, not AUC)."""
+    return "rmse" in decision.metrics.get("challenger", {})
 
 
 @dataclass(frozen=True)
@@ -48,14 +56,18 @@ def render_png(data: ReportData, path: Path) -> Path:
     slices = sorted(data.decision.slices, key=lambda s: s.delta)
     fig, (ax_roc, ax_sl) = plt.subplots(1, 2, figsize=(13, max(4.5, 0.25 * len(slices) + 1.5)))
     try:
-        for label, scores in ((data.challenger, data.challenger_scores), (data.champion, data.champion_scores)):
-            if scores is None or label is None:
-                continue
-            fpr, tpr = metrics.roc_curve(data.y, scores)
-            ax_roc.plot(fpr, tpr, label=f"{label} (AUC {metrics.roc_auc(data.y, scores):.4f})")
-        ax_roc.plot([0, 1], [0, 1], ls=":", c="grey")
-        ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, evaluation window")
-        ax_roc.legend(loc="lower right")
+        models = [(label, scores) for label, scores in ((data.challenger, data.challenger_scores),
+                                                         (data.champion, data.champion_scores))
+                  if scores is not None and label is not None]
+        if is_regression(data.decision):
+            _scatter(ax_roc, data.y, models)
+        else:
+            for label, scores in models:
+                fpr, tpr = metrics.roc_curve(data.y, scores)
+                ax_roc.plot(fpr, tpr, label=f"{label} (AUC {metrics.roc_auc(data.y, scores):.4f})")
+            ax_roc.plot([0, 1], [0, 1], ls=":", c="grey")
+            ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, evaluation window")
+            ax_roc.legend(loc="lower right")
         if slices:
             tol = next((g.threshold for g in data.decision.gates if g.name == "slices"), None)
             colors = ["tab:red" if s.regressed else "tab:green" for s in slices]
@@ -77,6 +89,20 @@ def render_png(data: ReportData, path: Path) -> Path:
     return path
 
 
+def _scatter(ax: Any, y: np.ndarray, models: list[tuple[str, np.ndarray]]) -> None:
+    """Predicted vs observed for each model (a seeded sample), the diagonal, RMSE in the legend."""
+    observed = np.asarray(y, dtype="float64")
+    pick = np.random.default_rng(0).permutation(observed.size)[:SCATTER_POINTS]
+    for label, pred in models:
+        p = np.asarray(pred, dtype="float64")
+        rmse = float(np.sqrt(np.mean((p - observed) ** 2)))
+        ax.scatter(observed[pick], p[pick], s=4, alpha=0.35, label=f"{label} (RMSE {rmse:.4g})")
+    lo, hi = float(np.nanmin(observed)), float(np.nanmax(observed))
+    ax.plot([lo, hi], [lo, hi], ls=":", c="grey")
+    ax.set(xlabel="observed", ylabel="predicted", title="predicted vs observed, evaluation window")
+    ax.legend(loc="upper left")
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -89,7 +115,8 @@ def metrics_table(decision: Decision) -> list[dict[str, str]]:
     """Metrics side by side: one row per metric, a column per model."""
     chal = decision.metrics.get("challenger", {})
     champ = decision.metrics.get("champion", {})
-    return [{"metric": m, "challenger": _fmt(chal.get(m)), "champion": _fmt(champ.get(m))} for m in METRIC_ROWS]
+    rows = REGRESSION_ROWS if is_regression(decision) else METRIC_ROWS
+    return [{"metric": m, "challenger": _fmt(chal.get(m)), "champion": _fmt(champ.get(m))} for m in rows]
 
 
 def gates_table(decision: Decision) -> list[dict[str, str]]:
@@ -125,7 +152,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.promote{{color:#0
 <h2>Reasons</h2><ul>{"".join(f"<li>{html.escape(r)}</li>" for r in d.reasons)}</ul>
 <h2>Gates</h2>{html_table(gates_table(d))}
 <h2>Metrics</h2>{html_table(metrics_table(d))}
-<img src="{PNG_NAME}" alt="ROC curves and per-slice deltas" style="max-width:100%">
+<img src="{PNG_NAME}" alt="both models on the window, and per-slice deltas" style="max-width:100%">
 <h2>Slices</h2>{html_table(slices)}
 </body></html>
 """

@@ -84,12 +84,13 @@ def test_evaluator_judges_a_regression_challenger_on_fresh_data(bike: tuple) -> 
     provider = frame_provider(spec, settings, FS.open_store(settings))
     outcome = evaluate_version(settings, sessions, second.version, provider, window_from="2011-03-01",
                                window_to="2011-04-01", act=True, build_bento=False, label=spec.label.column,
-                               slice_columns=tuple(spec.slices), write_report=False)
+                               slice_columns=tuple(spec.slices))
     names = [g.name for g in outcome.decision.gates]
     assert names[:3] == ["floor", "improvement", "slices"] and "rmse" in outcome.decision.metrics["challenger"]
     with sessions() as s:
         ev = s.get(Evaluation, outcome.evaluation_id)
         champion = registry.alias_in(s, "bike_sharing", registry.CHAMPION)
     assert ev is not None and ev.decision == outcome.decision.decision and ev.n_rows == outcome.n_rows
+    assert outcome.report_html is not None and "rmse" in outcome.report_html.read_text()  # the regression report
     expected = second.version if outcome.decision.promote else first.version
     assert champion is not None and champion.version == expected

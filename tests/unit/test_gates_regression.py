@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,21 @@ def test_first_model_and_serving_gates() -> None:
     assert not d.promote and any(r.startswith("latency failed") for r in d.reasons)
     with pytest.raises(ValueError, match="gate_regression_metric"):
         decide_regression(y, y, y, config=CONFIG, metric="r2")
+
+
+def test_regression_report_shows_rmse_and_a_predicted_vs_observed_plot(tmp_path: Path) -> None:
+    from retrain import reports
+
+    y, x = _data()
+    rng = np.random.default_rng(4)
+    region = np.where(x > 0, "north", "south")
+    champion, challenger = y + rng.normal(0, 8, y.size), y + rng.normal(0, 4, y.size)
+    d = decide_regression(y, challenger, champion, config=CONFIG, slices={"region": region})
+    data = reports.ReportData("bike", "v2", "v1", "2024-01-01", "2024-02-01", y, challenger, champion, d)
+    png = reports.render_png(data, tmp_path / reports.PNG_NAME)
+    page = reports.render_html(data, tmp_path / reports.HTML_NAME, 7).read_text()
+    assert png.stat().st_size > 10_000
+    rows = {r["metric"]: r for r in reports.metrics_table(d)}
+    assert set(rows) == set(reports.REGRESSION_ROWS) and "auc" not in rows
+    assert rows["rmse"]["challenger"] == f"{d.metrics['challenger']['rmse']:.4f}"
+    assert "rmse" in page and "region=north" in page and "PROMOTE" in page
