@@ -7,10 +7,7 @@ from typing import Any
 from prefect import flow, task
 from sqlalchemy.exc import OperationalError
 
-from retrain.config import get_settings
-from retrain.evaluate import evaluate_version
-from retrain.registry import open_registry
-from retrain.train import feast_frame_provider
+from retrain.usecase.pipeline import pipeline_for
 
 
 def retry_if_transient(_task: Any, _run: Any, state: Any) -> bool:
@@ -20,23 +17,22 @@ def retry_if_transient(_task: Any, _run: Any, state: Any) -> bool:
 
 @task(retries=1, retry_delay_seconds=10, retry_condition_fn=retry_if_transient)
 def evaluate_task(version: str, window_from: str | None, window_to: str | None, promote: bool,
-                  build_bento: bool | None, feature_migration: str | None, actor: str) -> dict[str, Any]:
+                  build_bento: bool | None, feature_migration: str | None, actor: str,
+                  model_name: str = "flight_delay") -> dict[str, Any]:
     """Runs the evaluator; its artifacts (markdown + table) are published from inside this task run."""
-    settings = get_settings()
-    outcome = evaluate_version(settings, open_registry(settings), version, feast_frame_provider(settings),
-                               window_from=window_from, window_to=window_to, act=promote,
-                               build_bento=build_bento, actor=actor, feature_migration=feature_migration)
+    outcome = pipeline_for(model_name).evaluate(version, window_from, window_to, actor=actor, act=promote,
+                                                build_bento=build_bento, feature_migration=feature_migration)
     return outcome.to_dict()
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(version: str, window_from: str | None = None, window_to: str | None = None,
                   promote: bool = True, build_bento: bool | None = None, feature_migration: str | None = None,
-                  actor: str = "flow:evaluate") -> dict[str, Any]:
-    """Evaluate `version` (default window: one month from the end of its training window).
-
-    `build_bento` None follows the `retrain_build_bento` setting."""
-    result = evaluate_task(version, window_from, window_to, promote, build_bento, feature_migration, actor)
+                  actor: str = "flow:evaluate", model_name: str = "flight_delay") -> dict[str, Any]:
+    """Evaluate `version` of use case `model_name` (default window: one month from the end of its
+    training window). `build_bento` None follows the `retrain_build_bento` setting."""
+    result = evaluate_task(version, window_from, window_to, promote, build_bento, feature_migration, actor,
+                           model_name)
     print(f"evaluation {result['evaluation_id']}: {result['decision']} {result['version']} vs "
           f"{result['champion'] or 'no champion'}; report {result['report']}")
     for gate in result["gates"]:

@@ -133,23 +133,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a candidate on [--from, --to) through the feature service and register it."""
         from retrain.commands.usecases import active
-        from retrain.train import TrainingError, feast_frame_provider, train_version
+        from retrain.train import TrainingError
+        from retrain.usecase.pipeline import Pipeline
 
         try:
             settings, spec = active()
-            if spec.feast is not None:  # a use case with its own Feast repository (direct: no flow yet)
-                from retrain.registry import open_registry
-                from retrain.usecase.training import train
-
-                with console.status(f"training {spec.name} on [{window_from}, {window_to})"):
-                    result = train(spec, settings, open_registry(settings), window_from, window_to).to_dict()
-            elif _use_prefect(prefect):
-                result = _flow("train", "train_flow")(window_from, window_to)
+            if _use_prefect(prefect):
+                result = _flow("train", "train_flow")(window_from, window_to, model_name=spec.name)
             else:
-                settings, sessions = _context()
-                with console.status(f"training on [{window_from}, {window_to})"):
-                    provider = feast_frame_provider(settings)
-                    result = train_version(settings, sessions, provider, window_from, window_to).to_dict()
+                with console.status(f"training {spec.name} on [{window_from}, {window_to})"):
+                    result = Pipeline(spec, settings).train_version(window_from, window_to).to_dict()
         except TrainingError as exc:
             _fail(str(exc))
         if as_json:
@@ -177,33 +170,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Champion vs challenger on a fresh labelled window; every gate with its numbers."""
         from retrain.commands.usecases import active
-        from retrain.evaluate import EvaluationRefused, PromotionFailed, evaluate_version
-        from retrain.train import feast_frame_provider
+        from retrain.evaluate import EvaluationRefused, PromotionFailed
+        from retrain.usecase.pipeline import Pipeline
 
         code = 0
         try:
             settings, spec = active()
-            if spec.feast is not None:  # a use case with its own Feast repository (direct: no flow yet)
-                from retrain.usecase import featurestore
-                from retrain.usecase.training import frame_provider
-
-                settings, sessions = _context()
-                provider = frame_provider(spec, settings, featurestore.open_store(settings))
-                with console.status(f"evaluating {spec.name} {version}"):
-                    result = evaluate_version(
-                        settings, sessions, version, provider, window_from=window_from, window_to=window_to,
-                        act=promote, build_bento=False if build_bento is None else build_bento, actor=_actor(),
-                        feature_migration=migration, label=spec.label.column,
-                        slice_columns=tuple(spec.slices)).to_dict()
-            elif _use_prefect(prefect):
+            if _use_prefect(prefect):
                 result = _flow("evaluate", "evaluate_flow")(
-                    version, window_from, window_to, promote, build_bento, migration, _actor())
+                    version, window_from, window_to, promote, build_bento, migration, _actor(), model_name=spec.name)
             else:
-                settings, sessions = _context()
-                with console.status(f"evaluating {version}"):
-                    result = evaluate_version(
-                        settings, sessions, version, feast_frame_provider(settings), window_from=window_from,
-                        window_to=window_to, act=promote, build_bento=build_bento, actor=_actor(),
+                with console.status(f"evaluating {spec.name} {version}"):
+                    result = Pipeline(spec, settings).evaluate(
+                        version, window_from, window_to, actor=_actor(), act=promote, build_bento=build_bento,
                         feature_migration=migration).to_dict()
         except EvaluationRefused as exc:
             _fail(f"evaluation refused, nothing recorded: {exc}")

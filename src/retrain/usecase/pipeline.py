@@ -19,6 +19,7 @@ from retrain.usecase.spec import UseCaseSpec
 
 if TYPE_CHECKING:
     from retrain.evaluate import EvaluationOutcome
+    from retrain.train import FrameProvider, TrainedVersion
 
 
 def settings_of(model_name: str) -> tuple[UseCaseSpec, Settings]:
@@ -63,38 +64,44 @@ class Pipeline:
         done["materialize"] = materialize_until(shared_store(s), s, now)
         return done
 
-    def train(self, start: datetime, end: datetime) -> str:
-        """Train a challenger on [start, end); its registry version."""
-        from retrain.registry import open_registry
-
-        if self.own_feast:
-            from retrain.usecase.training import train
-
-            return train(self.spec, self.settings, open_registry(self.settings), start, end).version
-        from retrain.train import feast_frame_provider, train_version
-
-        provider = feast_frame_provider(self.settings, shared=True)
-        return train_version(self.settings, open_registry(self.settings), provider, start, end).version
-
-    def evaluate(self, version: str, start: datetime, end: datetime, *, actor: str) -> EvaluationOutcome:
-        """Champion vs challenger on [start, end); promotes on a pass (bento build first when set)."""
-        from retrain.evaluate import evaluate_version
-        from retrain.registry import open_registry
-
+    def provider(self) -> FrameProvider:
+        """Training and evaluation frames of a window, through the use case's feature service."""
         s = self.settings
         if self.own_feast:
             from retrain.usecase import featurestore
             from retrain.usecase.training import frame_provider
 
-            provider = frame_provider(self.spec, s, featurestore.open_store(s))
-            return evaluate_version(s, open_registry(s), version, provider, window_from=start, window_to=end,
-                                    act=True, build_bento=s.retrain_build_bento, actor=actor,
-                                    label=self.spec.label.column, slice_columns=tuple(self.spec.slices))
+            return frame_provider(self.spec, s, featurestore.open_store(s))
         from retrain.train import feast_frame_provider
 
-        return evaluate_version(s, open_registry(s), version, feast_frame_provider(s, shared=True),
-                                window_from=start, window_to=end, act=True, build_bento=s.retrain_build_bento,
-                                actor=actor)
+        return feast_frame_provider(s, shared=True)
+
+    def train_version(self, start: datetime | str, end: datetime | str) -> TrainedVersion:
+        """Train a challenger on [start, end) and register it under the use case's name."""
+        from retrain.registry import open_registry
+        from retrain.train import train_version
+
+        return train_version(self.settings, open_registry(self.settings), self.provider(), start, end,
+                             label=self.spec.label.column, time_col=self.spec.data.time_col,
+                             objective=self.spec.objective)
+
+    def train(self, start: datetime, end: datetime) -> str:
+        """Train a challenger on [start, end); its registry version."""
+        return self.train_version(start, end).version
+
+    def evaluate(self, version: str, start: datetime | str | None = None, end: datetime | str | None = None, *,
+                 actor: str, act: bool = True, build_bento: bool | None = None,
+                 feature_migration: str | None = None) -> EvaluationOutcome:
+        """Champion vs challenger on [start, end) (default: after its training window); promotes on a
+        pass when `act` (bento build first unless `build_bento` is False; None: the setting)."""
+        from retrain.evaluate import evaluate_version
+        from retrain.registry import open_registry
+
+        s = self.settings
+        return evaluate_version(s, open_registry(s), version, self.provider(), window_from=start, window_to=end,
+                                act=act, build_bento=s.retrain_build_bento if build_bento is None else build_bento,
+                                actor=actor, feature_migration=feature_migration, label=self.spec.label.column,
+                                slice_columns=tuple(self.spec.slices))
 
 
 def pipeline_for(model_name: str) -> Pipeline:
