@@ -205,25 +205,25 @@ class UseCaseRuntime(ServingRuntime):
     def _warm(self) -> None:
         import json
 
-        self._lookup_rows([self.models.item.model_validate_json(json.dumps(example_row(self.spec)))])
+        self._lookup_rows([self.models.item.model_validate_json(json.dumps(example_row(self.spec))).model_dump()])
 
     # ------------------------------------------------------------------ request path
 
-    def request_frame(self, rows: Sequence[BaseModel]) -> pd.DataFrame:
-        """The request fields as a DataFrame (spec names; datetimes as UTC timestamps)."""
-        frame = pd.DataFrame([r.model_dump() for r in rows], columns=self._fields)
+    def request_frame(self, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+        """The request fields (validated rows, dumped) as a DataFrame (spec names; datetimes as UTC timestamps)."""
+        frame = pd.DataFrame(list(rows), columns=self._fields)
         for name in self._datetime_fields:
             frame[name] = pd.to_datetime(frame[name], utc=True)
         return frame
 
-    def entity_frame(self, rows: Sequence[BaseModel]) -> pd.DataFrame:
+    def entity_frame(self, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
         """The use case's entity rows of a batch (its `feast.entity_rows` function), one per row, in order."""
         ents = self._entity_rows(self.request_frame(rows))
         if not isinstance(ents, pd.DataFrame) or len(ents) != len(rows):
             raise UseCaseError(f"{self.spec.name}: feast.entity_rows must return one entity row per request row")
         return ents.reset_index(drop=True)
 
-    def _lookup_rows(self, rows: Sequence[BaseModel]) -> tuple[pd.DataFrame, np.ndarray]:
+    def _lookup_rows(self, rows: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, np.ndarray]:
         """(entity frame, raw feature values rows x features) with one online-store call."""
         ents = self.entity_frame(rows)
         entity_rows = {c: ents[c].tolist() for c in ents.columns if c not in (ROW_ID, ENTITY_TIMESTAMP)}
@@ -234,7 +234,7 @@ class UseCaseRuntime(ServingRuntime):
                 resp = self.store.get_online_features(features=self.feature_service, entity_rows=entity_rows)
         return ents, response_columns(resp, self.features, len(rows))
 
-    def _score_rows(self, model: LoadedModel, rows: Sequence[BaseModel]) -> tuple[pd.DataFrame, np.ndarray,
+    def _score_rows(self, model: LoadedModel, rows: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, np.ndarray,
                                                                                    np.ndarray, np.ndarray]:
         ents, raw = self._lookup_rows(rows)
         matrix = encode(raw, self.features, self.follower.codes_of(model))
@@ -248,10 +248,11 @@ class UseCaseRuntime(ServingRuntime):
         if model is None or self.feature_service is None:
             raise NotReadyError("no champion model loaded yet" if model is None else "online store not available")
         request_id = self._request_ids()
+        plains = [r.model_dump() for r in rows]  # once: the lookup, the answer and the log read them
         if len(rows) <= INLINE_MAX_ROWS:
-            ents, raw, matrix, scores = self._score_rows(model, rows)
+            ents, raw, matrix, scores = self._score_rows(model, plains)
         else:
-            ents, raw, matrix, scores = await asyncio.to_thread(self._score_rows, model, rows)
+            ents, raw, matrix, scores = await asyncio.to_thread(self._score_rows, model, plains)
         missing_mask = np.isnan(matrix)
         now = utcnow()
         binary = self.spec.objective == "binary"
@@ -263,7 +264,7 @@ class UseCaseRuntime(ServingRuntime):
         log_rows: list[dict[str, Any]] = []
         for i, row in enumerate(rows):
             attributes = row.model_dump(mode="json")
-            plain = row.model_dump()
+            plain = plains[i]
             # the log's entity key is the use case's row id (what its outcomes are keyed by); the answer
             # names the row by the request's id column when it carries one
             key = entity_ids[i] if entity_ids is not None else row_id(self.spec, plain, request_id=request_id,
