@@ -233,11 +233,15 @@ class Replay:
         from retrain.usecase.sizing import Volume, volume_problems
 
         span_days = (self.bounds[-1] - self.bounds[0]).total_seconds() / 86_400
-        scored = [self.rows(self.bounds[k], self.bounds[k + 1]).size
-                  for k in range(self.initial_periods, n_periods)]
+        periods = range(self.initial_periods, n_periods)
+        scored = [self.rows(self.bounds[k], self.bounds[k + 1]).size for k in periods]
+        labelled = [self.rows(self.bounds[k], self.bounds[k + 1], self.bounds[k + 1]).size for k in periods]
+        delay_hours = float(np.median(self.label_times - self.times)) / 3.6e12 if self.times.size else 0.0
         flags = {setting: f"--{flag.replace('_', '-')}" for flag, setting in BACKTEST_FLAGS.items()}
-        problems = volume_problems(self.settings, Volume(rows=len(self.y), days=span_days),
+        problems = volume_problems(self.settings, Volume(rows=len(self.y), days=span_days,
+                                                         label_delay_hours=max(0.0, delay_hours)),
                                    monitor_rows=float(np.median(scored)) if scored else 0.0,
+                                   monitor_labelled=float(np.median(labelled)) if labelled else 0.0,
                                    monitor_what=f"a {self.period} (each period is a monitoring window)",
                                    flags=flags, labels_judged=self.binary)
         if problems:

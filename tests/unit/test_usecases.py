@@ -272,3 +272,36 @@ def test_init_uses_a_small_entity_as_feature_and_slice(home: Path, n_entities: i
     assert spec.data.entity_col == "who"
     assert ("who" in spec.features.names) is is_feature and ("who" in spec.slices) is is_feature
     assert ("who" in spec.features.categorical) is is_feature
+
+
+def test_sizing_counts_only_labels_that_mature_inside_the_windows() -> None:
+    """Labels 10 days late leave the end of each window unlabelled: the defaults that fit 100 rows a day
+    with instant labels refuse, and the sized settings fit again (a lower minimum, or a window grown by
+    its unlabelled tail)."""
+    instant = Volume(rows=36_500, days=365)
+    late = Volume(rows=36_500, days=365, label_delay_hours=240)
+    assert not any("eval_min_rows" in p for p in volume_problems(Settings(), instant))
+    problems = volume_problems(Settings(), late)
+    assert any("~450 labelled rows < eval_min_rows 1,000" in p for p in problems), problems
+    sized = sized_settings(late, Settings())
+    assert sized["eval_min_rows"] == 225  # half of the ~450 labelled rows of a 14-day window
+    assert volume_problems(Settings().model_copy(update=sized), late) == []
+    sparse = Volume(rows=3_650, days=365, label_delay_hours=240)  # 10 a day: 45 labelled rows in 14 days
+    grown = sized_settings(sparse, Settings())
+    assert grown["retrain_eval_days"] == 12 + 9.5  # 120 labelled rows need 12 days, plus the unlabelled tail
+    assert volume_problems(Settings().model_copy(update=grown), sparse) == []
+
+
+def test_a_weekly_panel_gets_daily_snapshots_whatever_its_rows_per_day(home: Path) -> None:
+    """200 customers at one weekly time: ~29 rows a day, but one event time a week -> daily label stats
+    with 7 and 28 day windows (hourly 1-day windows would never see a label)."""
+    rng = np.random.default_rng(5)
+    weeks = pd.date_range("2022-01-03", periods=30, freq="W-MON", tz="UTC")
+    frame = pd.DataFrame([(w.isoformat(), f"c{c}", float(rng.gamma(2, 3)), int(rng.random() < 0.2))
+                          for w in weeks for c in range(200)], columns=["week", "customer", "usage", "churned"])
+    frame.to_csv(home / "weekly.csv", index=False)
+    result = init_usecase("churnw", home / "weekly.csv", settings=base_settings(), time_col="week",
+                          label_col="churned", entity_col="customer", label_delay_hours=168)
+    assert result.contract.rows_per_day > 4 and result.contract.times_per_day is not None
+    assert result.contract.times_per_day < 1
+    assert {"label_mean_7d", "label_mean_28d"} <= set(result.spec.features.names)

@@ -154,6 +154,8 @@ class DataContract(BaseModel):
     start: datetime
     end: datetime
     rows_per_day: float = Field(ge=0.0)
+    times_per_day: float | None = Field(default=None, ge=0.0, description="Distinct event times a day: the "
+                                        "data's time resolution (many entities at one weekly time: 1/7).")
     # columns of the source file left out of the contract (e.g. extra datetime columns): a batch may
     # carry them; they are dropped explicitly, never checked
     ignored_columns: list[str] = Field(default_factory=list)
@@ -382,4 +384,5 @@ def infer_contract(df: pd.DataFrame, *, time_col: str, label_col: str, entity_co
     return DataContract(time_col=time_col, label_col=label_col, entity_col=entity_col,
                         objective="regression" if regression else "binary", columns=columns, rows=len(df),
                         start=start.to_pydatetime(), end=end.to_pydatetime(),
-                        rows_per_day=float(len(df) / max(1.0, days)), ignored_columns=ignored, notes=notes)
+                        rows_per_day=float(len(df) / max(1.0, days)),
+                        times_per_day=float(times.nunique() / max(1.0, days)), ignored_columns=ignored, notes=notes)

@@ -6,7 +6,7 @@ steps of `retrain.usecase.featurestore` work for it as they do for a hand-writte
   index is each row's position in the file (the default row id).
 - `tables(spec, raw)`: one feature table, `label_stats`: per entity key (the spec's entity column, or
   one global key), count and mean of the labels known strictly before each snapshot over two trailing
-  windows, stamped at the snapshots (hourly or daily, from the contract's rows per day).
+  windows, stamped at the snapshots (hourly or daily, from the data's event times per day).
 - `entity_rows(spec, raw)`: what a prediction request carries, as Feast entity rows: row id, join key,
   `event_timestamp` (the prediction time), the request fields (every feature column of the contract,
   `req_`-prefixed, and the time column as epoch seconds for the calendar features).
@@ -37,7 +37,7 @@ REQUEST_PREFIX = "req_"
 GLOBAL_KEY_COLUMN = "global_key"
 GLOBAL_KEY = "all"  # the one key value when the use case has no entity column
 MISSING_KEY = ""  # a missing entity value (a None join key breaks Feast's online lookups)
-HOURLY_MIN_ROWS_PER_DAY = 4.0  # more rows a day than this: hourly snapshots, 1-day and 7-day windows
+HOURLY_MIN_ROWS_PER_DAY = 4.0  # more event times a day than this: hourly snapshots, 1-day and 7-day windows
 ROW_ID = "row_id"
 EVENT_TIMESTAMP = "event_timestamp"
 _EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
@@ -91,9 +91,11 @@ class Layout:
         return [i.name for i in self.inputs] + [self.epoch_field]
 
 
-def cadence_for(rows_per_day: float) -> Cadence:
-    """Hourly snapshots when the data has more than ~4 rows a day, else daily."""
-    return "hourly" if rows_per_day > HOURLY_MIN_ROWS_PER_DAY else "daily"
+def cadence_for(contract: DataContract) -> Cadence:
+    """Hourly snapshots when the data has more than ~4 distinct event times a day, else daily: a panel of
+    many entities at one weekly time is daily data, however many rows a day it holds."""
+    per_day = contract.times_per_day if contract.times_per_day is not None else contract.rows_per_day
+    return "hourly" if per_day > HOURLY_MIN_ROWS_PER_DAY else "daily"
 
 
 def windows_for(cadence: Cadence) -> dict[str, int]:
@@ -115,7 +117,7 @@ def layout(spec: UseCaseSpec, contract: DataContract) -> Layout:
         inputs.append(RequestInput(f"{REQUEST_PREFIX}{col.name}", col.name, kind, col.name))
     if entity is not None and entity in spec.features.names:  # a small entity is also a category feature
         inputs.insert(0, RequestInput(f"{REQUEST_PREFIX}{entity}", entity, "string", entity))
-    cadence = cadence_for(contract.rows_per_day)
+    cadence = cadence_for(contract)
     time_col = spec.data.time_col
     out = Layout(name=spec.name, join_key=f"{entity}_key" if entity else GLOBAL_KEY_COLUMN, entity_col=entity,
                  cadence=cadence, windows=windows_for(cadence), inputs=tuple(inputs),

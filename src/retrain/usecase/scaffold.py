@@ -96,7 +96,7 @@ def build_spec(name: str, contract: DataContract, *, data_path: Path, calendar: 
     """
     feats = [c for c in contract.columns if c.role == "feature"]
     names = [c.name for c in feats] + [feature_name(contract.time_col, p) for p in calendar]
-    stats = stats_features(windows_for(cadence_for(contract.rows_per_day)))
+    stats = stats_features(windows_for(cadence_for(contract)))
     clash = sorted(set(stats) & set(contract.names))
     if clash:
         raise InputFileError(f"column(s) {', '.join(map(repr, clash))}: the name of a generated label-stats feature; "
@@ -139,7 +139,8 @@ def init_usecase(name: str, data: Path, *, settings: Settings, time_col: str, la
     y = frame[label_col] if regression else _binary(frame[label_col])
     calendar = useful_parts(frame[time_col], pd.to_numeric(y, errors="coerce"), "UTC")
     labelled = int(pd.to_numeric(y, errors="coerce").notna().sum())
-    volume = Volume(rows=labelled, days=(contract.end - contract.start).total_seconds() / 86_400)
+    volume = Volume(rows=labelled, days=(contract.end - contract.start).total_seconds() / 86_400,
+                    label_delay_hours=label_delay_hours)
     if volume.expected(MAX_WINDOW_DAYS) < MIN_EVAL_ROWS:
         raise InputFileError(f"{data.name}: {labelled} labelled rows over {volume.days:.0f} days: even a one-year "
                              f"evaluation window would hold fewer than {MIN_EVAL_ROWS} rows; retraining needs more "

@@ -27,6 +27,7 @@ class Volume:
 
     rows: int
     days: float
+    label_delay_hours: float = 0.0  # a row's label matures this long after its time
 
     @property
     def per_day(self) -> float:
@@ -34,7 +35,11 @@ class Volume:
 
     def expected(self, days: float) -> float:
         """Rows expected in a window of `days`."""
-        return self.per_day * days
+        return self.per_day * max(0.0, days)
+
+    def unlabelled_days(self, lag_hours: float = 0.0) -> float:
+        """The tail of a window ending `lag_hours` before now whose labels have not matured yet."""
+        return max(0.0, self.label_delay_hours - lag_hours) / 24.0
 
 
 def _window(per_day: float, days: float, need: float) -> float:
@@ -48,9 +53,12 @@ def sized_settings(volume: Volume, base: Settings) -> dict[str, Any]:
     """Overrides that make evaluation, monitoring and slices work on this volume (only what changes)."""
     r = volume.per_day
     train_days = _window(r, base.retrain_train_days, MIN_TRAIN_ROWS * 2)
-    eval_days = _window(r, base.retrain_eval_days, MIN_EVAL_ROWS * 4)
-    window_days = _window(r, base.monitor_window_days, MIN_MONITOR_ROWS * 2)
-    in_eval, in_window = r * eval_days, r * window_days
+    # windows are lengthened by their unlabelled tail: their labelled part must hold the rows
+    unl_eval, unl_window = volume.unlabelled_days(base.retrain_label_lag_hours), volume.unlabelled_days()
+    eval_days = _window(r, base.retrain_eval_days - unl_eval, MIN_EVAL_ROWS * 4) + unl_eval
+    window_days = _window(r, base.monitor_window_days - unl_window, MIN_MONITOR_ROWS * 2) + unl_window
+    in_eval, in_window = volume.expected(eval_days - unl_eval), volume.expected(window_days)
+    labelled_window = volume.expected(window_days - unl_window)
     out: dict[str, Any] = {
         "retrain_train_days": train_days,
         "retrain_eval_days": eval_days,
@@ -58,7 +66,7 @@ def sized_settings(volume: Volume, base: Settings) -> dict[str, Any]:
         "gate_slice_min_rows": int(min(base.gate_slice_min_rows, max(MIN_EVAL_ROWS, in_eval * 0.1))),
         "monitor_window_days": window_days,
         "monitor_min_predictions": int(min(base.monitor_min_predictions, max(MIN_MONITOR_ROWS, in_window * 0.5))),
-        "monitor_min_labels": int(min(base.monitor_min_labels, max(MIN_MONITOR_ROWS, in_window * 0.5))),
+        "monitor_min_labels": int(min(base.monitor_min_labels, max(MIN_MONITOR_ROWS, labelled_window * 0.5))),
         "monitor_dedupe_period_hours": max(base.monitor_dedupe_period_hours, window_days * 24.0),
     }
     return {k: v for k, v in out.items() if getattr(base, k) != v}
@@ -69,11 +77,12 @@ def _env(name: str) -> str:
 
 
 def volume_problems(settings: Settings, volume: Volume, *, monitor_rows: float | None = None,
-                    monitor_what: str | None = None, flags: dict[str, str] | None = None,
-                    labels_judged: bool = True) -> list[str]:
+                    monitor_labelled: float | None = None, monitor_what: str | None = None,
+                    flags: dict[str, str] | None = None, labels_judged: bool = True) -> list[str]:
     """Each setting the data volume can never meet, as one sentence naming the fix.
 
-    `monitor_rows` overrides the rows of a monitoring window (the backtest monitors whole periods);
+    `monitor_rows` / `monitor_labelled` override the rows and matured labels of a monitoring window (the
+    backtest monitors whole periods); labels mature `volume.label_delay_hours` after their rows;
     `flags` maps setting names to command-line flags to mention; `labels_judged` is False where no
     rule reads matured labels (regression monitoring judges drift only).
     """
@@ -84,7 +93,7 @@ def volume_problems(settings: Settings, volume: Volume, *, monitor_rows: float |
         return _env(name) + (f" or {flags[name]}" if name in flags else "")
 
     problems: list[str] = []
-    in_eval = volume.expected(settings.retrain_eval_days)
+    in_eval = volume.expected(settings.retrain_eval_days - volume.unlabelled_days(settings.retrain_label_lag_hours))
     if in_eval < settings.eval_min_rows:
         days = sized.get("retrain_eval_days", settings.retrain_eval_days)
         fix = f"set eval_min_rows to {sized.get('eval_min_rows', MIN_EVAL_ROWS)} or lower ({how('eval_min_rows')})"
@@ -94,14 +103,16 @@ def volume_problems(settings: Settings, volume: Volume, *, monitor_rows: float |
             f"evaluation window ({settings.retrain_eval_days:g} days): ~{in_eval:,.0f} labelled rows < eval_min_rows "
             f"{settings.eval_min_rows:,} — every retrain would be refused; {fix}")
     window = monitor_what or f"monitoring window ({settings.monitor_window_days:g} days)"
-    rows = volume.expected(settings.monitor_window_days) if monitor_rows is None else monitor_rows
-    enough = int(max(MIN_MONITOR_ROWS, rows * 0.5)) if rows >= MIN_MONITOR_ROWS else MIN_MONITOR_ROWS
-    longer = "" if monitor_rows is not None or rows >= MIN_MONITOR_ROWS else (
-        f" and a monitor_window_days of {sized.get('monitor_window_days', settings.monitor_window_days):g}")
-    for name, what, judged in (("monitor_min_predictions", "predictions", "drift"),
-                               ("monitor_min_labels", "labelled rows", "decay")):
+    predicted = volume.expected(settings.monitor_window_days) if monitor_rows is None else monitor_rows
+    labelled = (volume.expected(settings.monitor_window_days - volume.unlabelled_days())
+                if monitor_labelled is None else monitor_labelled)
+    for name, what, judged, rows in (("monitor_min_predictions", "predictions", "drift", predicted),
+                                     ("monitor_min_labels", "labelled rows", "decay", labelled)):
         if name == "monitor_min_labels" and not labels_judged:
             continue
+        enough = int(max(MIN_MONITOR_ROWS, rows * 0.5)) if rows >= MIN_MONITOR_ROWS else MIN_MONITOR_ROWS
+        longer = "" if monitor_rows is not None or rows >= MIN_MONITOR_ROWS else (
+            f" and a monitor_window_days of {sized.get('monitor_window_days', settings.monitor_window_days):g}")
         need = getattr(settings, name)
         if rows < need:
             problems.append(f"{window}: ~{rows:,.0f} {what} < {name} {need:,} — {judged} would never be judged; "
