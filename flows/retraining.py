@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 
 from retrain import clock
 from retrain.events import AlertPayload
-from retrain.reconcile import covering_retrain, reconcile_cancelled
+from retrain.reconcile import covering_retrain, reconcile_runs
 from retrain.registry import open_registry
 from retrain.retraining import run_retrain
 from retrain.usecase.pipeline import pipeline_for, settings_of
@@ -45,7 +45,7 @@ def evaluate_task(model_name: str, version: str, start: datetime, end: datetime)
 def reconcile_task(model_name: str) -> dict[str, Any]:
     """Record retrain runs the concurrency limit cancelled (they never reach the ledger themselves)."""
     _spec, settings = settings_of(model_name)
-    return reconcile_cancelled(settings, open_registry(settings), clock.now(settings)).as_json()
+    return reconcile_runs(settings, open_registry(settings), clock.now(settings)).as_json()
 
 
 @flow(name="retrain", log_prints=True)
@@ -58,7 +58,7 @@ def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric:
     Payload fields are rendered from the event as JSON values (a number stays a number), so each
     parameter takes a string, a number or null; `AlertPayload` does the typing and names a bad field.
     """
-    _spec, settings = settings_of(model_name or "flight_delay")
+    _spec, settings = settings_of(model_name or "")  # empty: the default use case
     payload = AlertPayload.model_validate({
         "kind": kind or "manual", "metric": metric, "value": value, "threshold": threshold,
         "window_from": window_from or None, "window_to": window_to or None,
@@ -69,7 +69,7 @@ def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric:
     run_id = str(flow_run.get_id() or "")
     sessions = open_registry(settings)
     try:
-        covered = covering_retrain(sessions, run_id, _when(raised_at))
+        covered = covering_retrain(sessions, run_id, _when(raised_at), model_name=settings.model_name)
     except Exception as exc:  # the check only prevents a redundant retrain; never block one on it
         logger.warning("could not check for a retrain that already covers this alert: %s", exc)
         covered = None
@@ -78,12 +78,14 @@ def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric:
         train=lambda a, b: train_task(settings.model_name, a, b),
         evaluate=lambda v, a, b: evaluate_task(settings.model_name, v, a, b),
         catch_up=lambda now: catch_up_task(settings.model_name, now), flow_run_id=run_id, covered_by=covered,
+        # crashed, failed or cancelled runs first: a dead run must not hold this alert's dedupe key
+        reconcile=lambda: reconcile_runs(settings, sessions, clock.now(settings)),
     )
     logger.info("alert %s (%s, event %s): %s", report.alert_id, report.outcome, event_id or "-", report.detail)
     reconciled = reconcile_task(settings.model_name, return_state=True)  # a failure here must not fail the retrain
     if reconciled.is_completed():
         return {**report.as_json(), "reconcile": reconciled.result()}
-    logger.warning("recording cancelled retrain runs failed: %s", reconciled.message)
+    logger.warning("recording ended (cancelled, crashed, failed) retrain runs failed: %s", reconciled.message)
     return report.as_json()
 
 

@@ -4,9 +4,11 @@ Alerts are Prefect events `retrain.alert.<kind>` on resource `retrain.model.<mod
 payload is typed (`AlertPayload`) but every field except `kind` has a default, so an event sent by
 another tool with only part of the fields still parses (the deployment trigger templates use
 `| default(...)` for the same reason). The ledger (`admit`) decides whether an alert may start a
-retrain: one retrain per dedupe key, none during the cooldown after a promotion, and every decision
-is a row in the `alerts` table. The "one retrain per key" guarantee is a partial unique index
-(`ux_alerts_admitted`, migration 0002), so it holds across concurrent processes.
+retrain: one retrain per dedupe key, none during the cooldown after a champion change (promotion or
+rollback), and every decision is a row in the `alerts` table. The "one retrain per key" guarantee is
+a partial unique index (`ux_alerts_admitted`, migration 0002), so it holds across concurrent
+processes; `admit` checks and inserts in one transaction that holds the model's lock
+(`registry.lock_model`), so a champion change cannot slip between the cooldown check and the insert.
 
 Prefect is imported lazily (only `emit` needs it): the CLI must start fast.
 """
@@ -24,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from retrain import registry
 from retrain.config import Settings
 from retrain.db import Alert, Promotion, transaction
 
@@ -45,6 +47,16 @@ RESOURCE_ID_KEY = "prefect.resource.id"
 RESOURCE_PREFIX = "retrain.model."
 
 LedgerOutcome = Literal["run", "deduplicated", "cooldown", "resolved"]
+# Every outcome an alert row can end with: the ledger's decisions, plus what happened to an admitted
+# retrain's flow run afterwards (`finish_alert`, `reconcile`). Only "run" holds a dedupe key.
+TERMINAL_OUTCOMES: tuple[str, ...] = (*get_args(LedgerOutcome), "failed", "crashed", "cancelled")
+ADMITTED_DETAIL = "admitted: retrain starts"  # an admitted row's detail until its retrain reports back
+COOLDOWN_ACTIONS = ("promote", "rollback")  # champion moves that start the retrain cooldown
+
+
+def shadow_reason(alert_id: int) -> str:
+    """The reason the retrain of `alert_id` records when it sets its challenger (how it is found again)."""
+    return f"shadowing while evaluated (alert {alert_id})"
 
 
 def alert_event_name(kind: str) -> str:
@@ -318,7 +330,10 @@ def record_alert(
     flow_run_id: str | None = None,
     received_at: datetime | None = None,
 ) -> Alert:
-    """Insert one row in the alerts table (in its own transaction) and return it."""
+    """Insert one row in the alerts table (in its own transaction) and return it.
+
+    No ledger check: deciding and recording atomically is `admit`'s (or `record_if_blocked`'s) job.
+    """
     row = _alert_row(payload, model_name, dedupe_key or payload.dedupe_key or "", outcome, detail,
                      flow_run_id, received_at or datetime.now(UTC))
     with transaction(sessions) as session:
@@ -353,19 +368,44 @@ def _alert_row(payload: AlertPayload, model_name: str, dedupe_key: str, outcome:
     )
 
 
-def _latest_promotion(session: Session, model_name: str) -> datetime | None:
+def _latest_champion_change(session: Session, model_name: str) -> tuple[datetime, str] | None:
+    """When the champion of `model_name` last moved by a promotion or a rollback, and which it was."""
     stmt = (
-        select(Promotion.created_at)
-        .where(Promotion.model_name == model_name, Promotion.action == "promote")
-        .order_by(Promotion.created_at.desc())
+        select(Promotion.created_at, Promotion.action)
+        .where(Promotion.model_name == model_name, Promotion.alias == registry.CHAMPION,
+               Promotion.action.in_(COOLDOWN_ACTIONS))
+        .order_by(Promotion.created_at.desc(), Promotion.id.desc())
         .limit(1)
     )
-    return session.scalars(stmt).first()
+    row = session.execute(stmt).first()
+    return None if row is None else (row.created_at, row.action)
 
 
 def _admitted(session: Session, model_name: str, key: str) -> Alert | None:
     stmt = select(Alert).where(Alert.model_name == model_name, Alert.dedupe_key == key, Alert.outcome == "run")
     return session.scalars(stmt.limit(1)).first()
+
+
+def _blocked_in(session: Session, settings: Settings, payload: AlertPayload, now: datetime, model: str,
+                key: str) -> tuple[LedgerOutcome, str] | None:
+    """`blocked_by` within an open session (`admit` runs it under the model's lock)."""
+    if payload.status == "resolved":
+        return "resolved", "resolved alert: recorded, never starts a retrain"
+    prior = _admitted(session, model, key)
+    if prior is not None:
+        return "deduplicated", (f"dedupe key {key!r} already admitted (alert {prior.id}, "
+                                f"flow run {prior.flow_run_id or '-'})")
+    changed = _latest_champion_change(session, model)
+    cooldown = timedelta(hours=settings.retrain_cooldown_hours)
+    if changed is not None and now - changed[0] < cooldown:
+        changed_at, action = changed
+        what = "promotion" if action == "promote" else action
+        until = changed_at + cooldown
+        clocks = (f" (later than now={now.isoformat()}: are promotions and alerts stamped by different "
+                  "clocks, e.g. wall time vs a replay clock?)") if changed_at > now else ""
+        return "cooldown", (f"cooldown: last {what} at {changed_at.isoformat()}{clocks}, "
+                            f"retraining allowed from {until.isoformat()}")
+    return None
 
 
 def blocked_by(
@@ -374,28 +414,40 @@ def blocked_by(
 ) -> tuple[LedgerOutcome, str] | None:
     """Why the ledger would not run this alert now (resolved, deduplicated, cooldown), or None.
 
-    Read-only: `admit` acts on it, and the monitor asks it before emitting, so an alert the ledger
-    would skip is recorded with its reason without spending a flow run on it.
+    Read-only and advisory (the monitor asks it before emitting, so an alert the ledger would skip is
+    not sent); `admit` and `record_if_blocked` decide again under the model's lock.
     """
     now = _aware_utc(now) or datetime.now(UTC)
     model = model_name or payload.model or settings.model_name
     key = _fit_key(payload.effective_dedupe_key(model, now, settings))
-    if payload.status == "resolved":
-        return "resolved", "resolved alert: recorded, never starts a retrain"
     with sessions() as session:
-        prior = _admitted(session, model, key)
-        promoted_at = _latest_promotion(session, model)
-    if prior is not None:
-        return "deduplicated", (f"dedupe key {key!r} already admitted (alert {prior.id}, "
-                                f"flow run {prior.flow_run_id or '-'})")
-    cooldown = timedelta(hours=settings.retrain_cooldown_hours)
-    if promoted_at is not None and now - promoted_at < cooldown:
-        until = promoted_at + cooldown
-        clocks = (f" (later than now={now.isoformat()}: are promotions and alerts stamped by different "
-                  "clocks, e.g. wall time vs a replay clock?)") if promoted_at > now else ""
-        return "cooldown", (f"cooldown: last promotion at {promoted_at.isoformat()}{clocks}, "
-                            f"retraining allowed from {until.isoformat()}")
-    return None
+        return _blocked_in(session, settings, payload, now, model, key)
+
+
+def record_if_blocked(
+    sessions: sessionmaker[Session], settings: Settings, payload: AlertPayload, now: datetime, *,
+    model_name: str | None = None, note: str = "",
+) -> Alert | None:
+    """Record the alert as skipped if the ledger would not run it now; None (nothing recorded) otherwise.
+
+    The check and the insert are one transaction under the model's lock, like `admit`'s. `note` is
+    appended to the recorded reason (e.g. who saw the alert).
+    """
+    now = _aware_utc(now) or datetime.now(UTC)
+    model = model_name or payload.model or settings.model_name
+    key = _fit_key(payload.effective_dedupe_key(model, now, settings))
+
+    def work(session: Session) -> Alert | None:
+        registry.lock_model(session, model)
+        blocked = _blocked_in(session, settings, payload, now, model, key)
+        if blocked is None:
+            return None
+        row = _alert_row(payload, model, key, blocked[0], blocked[1] + note, None, now)
+        session.add(row)
+        session.flush()
+        return row
+
+    return registry.atomic(sessions, work)
 
 
 def admit(
@@ -414,36 +466,30 @@ def admit(
     (`reconcile.covering_retrain`); such an alert is "deduplicated" with that reason.
 
     Order: resolved alerts never run; a key already admitted is "deduplicated"; within
-    `retrain_cooldown_hours` after the latest promotion (`promotions.action == "promote"`, compared
-    with `now`, so pass the same clock promotions are stamped with) it is "cooldown"; otherwise we
-    insert the admitted row. The partial unique index makes that insert the arbiter: of concurrent
-    callers with the same key exactly one commits "run", the others get an IntegrityError and are
-    recorded as "deduplicated".
+    `retrain_cooldown_hours` after the model's latest champion change (a promotion or a rollback,
+    compared with `now`, so pass the same clock promotions are stamped with) it is "cooldown";
+    otherwise we insert the admitted row. Check and insert are one transaction holding the model's
+    lock (`registry.lock_model`), retried by `registry.atomic` on a conflict; the partial unique index
+    stays the arbiter for the key: a concurrent insert of the same key fails, and the retry records
+    this alert as "deduplicated".
     """
     now = _aware_utc(now) or datetime.now(UTC)
     model = model_name or payload.model or settings.model_name
     key = _fit_key(payload.effective_dedupe_key(model, now, settings))
 
-    def skip(outcome: LedgerOutcome, detail: str) -> LedgerDecision:
-        row = record_alert(sessions, payload, model_name=model, dedupe_key=key, outcome=outcome,
-                           detail=detail, flow_run_id=flow_run_id, received_at=now)
-        return LedgerDecision(False, outcome, detail, row.id, key)
+    def work(session: Session) -> tuple[int, LedgerOutcome, str]:
+        registry.lock_model(session, model)
+        blocked = _blocked_in(session, settings, payload, now, model, key)
+        if blocked is None and covered_by:
+            blocked = ("deduplicated", covered_by)
+        outcome, detail = blocked if blocked is not None else ("run", ADMITTED_DETAIL)
+        row = _alert_row(payload, model, key, outcome, detail, flow_run_id, now)
+        session.add(row)
+        session.flush()
+        return row.id, outcome, detail
 
-    blocked = blocked_by(sessions, settings, payload, now, model_name=model)
-    if blocked is not None:
-        return skip(*blocked)
-    if covered_by:
-        return skip("deduplicated", covered_by)
-    detail = "admitted: retrain starts"
-    try:
-        row = record_alert(sessions, payload, model_name=model, dedupe_key=key, outcome="run",
-                           detail=detail, flow_run_id=flow_run_id, received_at=now)
-    except IntegrityError:
-        with sessions() as session:
-            winner = _admitted(session, model, key)
-        who = f"alert {winner.id}, flow run {winner.flow_run_id or '-'}" if winner else "a concurrent alert"
-        return skip("deduplicated", f"dedupe key {key!r} admitted concurrently ({who})")
-    return LedgerDecision(True, "run", detail, row.id, key)
+    alert_id, outcome, detail = registry.atomic(sessions, work)
+    return LedgerDecision(outcome == "run", outcome, detail, alert_id, key)
 
 
 def finish_alert(

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from retrain.config import Settings
-from retrain.events import AlertPayload, alert_event_name, blocked_by, emit, model_resource, record_alert
+from retrain.events import AlertPayload, alert_event_name, emit, model_resource, record_alert, record_if_blocked
 
 
 def send_alerts(settings: Settings, sessions: sessionmaker[Session], model_name: str,
@@ -22,12 +22,15 @@ def send_alerts(settings: Settings, sessions: sessionmaker[Session], model_name:
     for raw in alerts:
         payload = AlertPayload.model_validate(raw)
         key = payload.effective_dedupe_key(model_name, now, settings)
-        blocked = blocked_by(sessions, settings, payload, now, model_name=model_name)
-        if blocked is None and key in sent_keys:  # several rules fired: one event per dedupe key
-            blocked = ("deduplicated", f"dedupe key {key!r} already sent by this monitoring pass")
-        if blocked is not None:
-            record_alert(sessions, payload, model_name=model_name, outcome=blocked[0],
-                         detail=f"{blocked[1]} (seen by the monitor; no event sent)", received_at=now)
+        if key in sent_keys:  # several rules fired: one event per dedupe key
+            record_alert(sessions, payload, model_name=model_name, outcome="deduplicated",
+                         detail=f"dedupe key {key!r} already sent by this monitoring pass (seen by the monitor; "
+                         "no event sent)", received_at=now)
+            counts["skipped"] += 1
+            continue
+        # the ledger's check and the skip's record are one transaction under the model's lock
+        if record_if_blocked(sessions, settings, payload, now, model_name=model_name,
+                             note=" (seen by the monitor; no event sent)") is not None:
             counts["skipped"] += 1
             continue
         counts["sent"] += emit(alert_event_name(payload.kind), model_resource(model_name), dict(raw), settings)

@@ -213,6 +213,25 @@ def _lock(session: Session, model_name: str, alias: str) -> _Locked:
     return _Locked(model_name, alias, session.get(ModelVersion, row.version_id), row.generation)
 
 
+def lock_model(session: Session, model_name: str) -> None:
+    """Serialize the rest of this transaction with the alias moves of `model_name` (call it first).
+
+    PostgreSQL: `_lock` on the champion row (`SELECT ... FOR UPDATE`, as `promote`/`rollback` take it).
+    SQLite has no row locks: take the database write lock now, as `BEGIN IMMEDIATE` does, so nothing
+    this transaction reads next can change before it commits.
+    """
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        _lock(session, model_name, CHAMPION)
+        return
+    raw: Any = conn.connection.dbapi_connection
+    if raw is not None and not raw.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:  # a transaction is open already: a no-op write takes the write lock (a stale one fails and is retried)
+        conn.execute(update(Alias).where(Alias.model_name == model_name, Alias.alias == CHAMPION)
+                     .values(generation=Alias.generation))
+
+
 def _move(session: Session, locked: _Locked, target: ModelVersion | None, *, action: str,
           reason: str, actor: str, evaluation_id: int | None) -> ModelVersion | None:
     """Compare-and-swap one alias (against what `_lock` read) and record the move; returns the old version."""
@@ -327,6 +346,32 @@ def clear_challenger(sessions: sessionmaker[Session], model_name: str, reason: s
     """Remove the challenger alias; the version gets `status` (e.g. `rejected`)."""
     return atomic(sessions, lambda s: clear_challenger_in(s, model_name, reason, actor, evaluation_id,
                                                           status=status))
+
+
+def clear_challenger_set_by(sessions: sessionmaker[Session], model_name: str, set_reason: str, reason: str,
+                            actor: str, *, evaluation_id: int | None = None,
+                            status: str = "candidate") -> ModelVersion | None:
+    """Remove the challenger alias only while it points at a version that a `set` move with `set_reason` chose.
+
+    How a failed or crashed retrain takes back its own challenger without touching one set since by
+    someone else. Returns the cleared version, or None when there was nothing of ours to clear.
+    """
+    def work(session: Session) -> ModelVersion | None:
+        locked = _lock(session, model_name, CHALLENGER)
+        if locked.version is None:
+            return None
+        ours = session.scalar(select(Promotion.id).where(
+            Promotion.model_name == model_name, Promotion.alias == CHALLENGER, Promotion.action == "set",
+            Promotion.to_version_id == locked.version.id, Promotion.reason == set_reason).limit(1))
+        if ours is None:
+            return None
+        before = _move(session, locked, None, action="clear", reason=reason, actor=actor,
+                       evaluation_id=evaluation_id)
+        if before is not None:
+            mark_status_in(session, before, status)
+        return before
+
+    return atomic(sessions, work)
 
 
 def champion_stack(session: Session, model_name: str) -> list[int]:

@@ -78,39 +78,49 @@ def run_retrain(
     flow_run_id: str | None = None,
     actor: str = "flow:retrain",
     covered_by: str | None = None,
+    reconcile: Callable[[], Any] | None = None,
 ) -> RetrainReport:
     """Admit the alert through the ledger, then train a challenger, shadow it, evaluate and decide.
 
-    A skipped alert (dedupe, cooldown) is recorded with its reason and nothing else happens. A
-    failure after admission marks the alert "failed" (freeing its dedupe key) and re-raises; the
-    champion is untouched because promotion only happens inside a passing evaluation.
+    `reconcile` (e.g. `reconcile.reconcile_runs` bound to its arguments) runs first, so an earlier
+    retrain whose flow run crashed or failed no longer holds its dedupe key when this alert is judged;
+    its own failure is logged and never blocks the retrain. A skipped alert (dedupe, cooldown) is
+    recorded with its reason and nothing else happens. A failure after admission clears the
+    challenger this retrain set (serving stops shadow-scoring it), marks the alert "failed" (freeing
+    its dedupe key) and re-raises; the champion is untouched because promotion only happens inside a
+    passing evaluation.
     """
     model = payload.model or settings.model_name
+    if reconcile is not None:
+        try:
+            reconcile()
+        except Exception:
+            log.warning("reconciling ended retrain runs before the ledger decision failed", exc_info=True)
     decision = events.admit(sessions, settings, payload, now, model_name=model, flow_run_id=flow_run_id,
                             covered_by=covered_by)
     report = RetrainReport(decision.alert_id, decision.run, decision.outcome, decision.detail, decision.dedupe_key)
     if not decision.run:
         log.info("alert %d not run: %s", decision.alert_id, decision.detail)
         return report
-    windows = plan_windows(now, settings)
-    report.windows = windows.as_json()
-    before = registry.get_alias(sessions, registry.CHAMPION, model)
-    report.champion_before = before.version if before else None
     try:
+        windows = plan_windows(now, settings)
+        report.windows = windows.as_json()
+        before = registry.get_alias(sessions, registry.CHAMPION, model)
+        report.champion_before = before.version if before else None
         if catch_up is not None:
             catch_up(now)
         version = train(windows.train_from, windows.train_to)
         report.version = version
-        registry.set_challenger(sessions, version, reason=f"shadowing while evaluated (alert {decision.alert_id})",
-                                actor=actor)
+        registry.set_challenger(sessions, version, reason=events.shadow_reason(decision.alert_id), actor=actor)
         outcome = evaluate(version, windows.eval_from, windows.eval_to)
         report.evaluation_id = outcome.evaluation_id
         report.decision = outcome.decision.decision
         if not outcome.decision.promote:
-            registry.clear_challenger(sessions, model, reason=f"rejected in evaluation {outcome.evaluation_id}",
-                                      actor=actor, evaluation_id=outcome.evaluation_id, status="rejected")
+            registry.clear_challenger_set_by(sessions, model, events.shadow_reason(decision.alert_id),
+                                             reason=f"rejected in evaluation {outcome.evaluation_id}", actor=actor,
+                                             evaluation_id=outcome.evaluation_id, status="rejected")
     except BaseException as exc:
-        events.finish_alert(sessions, decision.alert_id, outcome="failed", detail=f"retrain failed: {exc!r}"[:2000])
+        _abandon(sessions, model, decision.alert_id, exc, actor)
         raise
     after = registry.get_alias(sessions, registry.CHAMPION, model)
     report.champion_after = after.version if after else None
@@ -118,3 +128,21 @@ def run_retrain(
                      f"evaluation {report.evaluation_id}: {report.decision}")
     events.finish_alert(sessions, decision.alert_id, detail=report.detail, flow_run_id=flow_run_id)
     return report
+
+
+def _abandon(sessions: sessionmaker[Session], model: str, alert_id: int, exc: BaseException, actor: str) -> None:
+    """After a failed retrain: clear the challenger it set, then mark its alert "failed" (each tried on its own).
+
+    Neither step may hide the retrain's own error, so theirs are logged; a challenger left behind is
+    cleared by the next `reconcile.reconcile_runs` once Prefect reports the run failed.
+    """
+    why = f"retrain failed: {exc!r}"[:2000]
+    try:
+        registry.clear_challenger_set_by(sessions, model, events.shadow_reason(alert_id),
+                                         reason=f"the retrain of alert {alert_id} failed: {exc!r}"[:2000], actor=actor)
+    except Exception:
+        log.exception("could not clear the challenger of the failed retrain of alert %d", alert_id)
+    try:
+        events.finish_alert(sessions, alert_id, outcome="failed", detail=why)
+    except Exception:
+        log.exception("could not mark alert %d failed", alert_id)

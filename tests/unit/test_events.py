@@ -20,11 +20,14 @@ from sqlalchemy import create_engine, select, text
 from retrain import db
 from retrain.config import Settings
 from retrain.events import (
+    ADMITTED_DETAIL,
     EVENT_PROMOTED,
+    TERMINAL_OUTCOMES,
     AlertPayload,
     LedgerDecision,
     admit,
     alert_event_name,
+    blocked_by,
     build_event,
     emit,
     finish_alert,
@@ -33,6 +36,7 @@ from retrain.events import (
     model_resource,
     post_events_http,
     record_alert,
+    record_if_blocked,
 )
 
 NOW = datetime(2013, 6, 1, 12, 0, tzinfo=UTC)
@@ -409,3 +413,130 @@ def test_storm_of_20_alerts_on_postgres(tmp_path: Path) -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+# ------------------------------------------------------------------- cooldown after rollbacks, atomicity
+
+
+def champion_move(sessions: db.sessionmaker[db.Session], model: str, action: str, at: datetime) -> None:
+    with db.transaction(sessions) as s:
+        s.add(db.Promotion(model_name=model, alias="champion", action=action, reason=action, actor="ops",
+                           created_at=at))
+
+
+def test_a_rollback_starts_the_cooldown_of_its_model(ledger: tuple[Settings, db.sessionmaker[db.Session]]) -> None:
+    settings, sessions = ledger
+    champion_move(sessions, "flight_delay", "promote", NOW - timedelta(days=5))
+    champion_move(sessions, "flight_delay", "rollback", NOW - timedelta(hours=2))
+    champion_move(sessions, "flight_delay", "clear", NOW - timedelta(hours=1))  # challenger moves do not count
+    skipped = admit(sessions, settings, drift("k1"), NOW, model_name="flight_delay")
+    assert (skipped.run, skipped.outcome) == (False, "cooldown")
+    assert skipped.detail.startswith(f"cooldown: last rollback at {(NOW - timedelta(hours=2)).isoformat()}")
+    assert "retraining allowed from 2013-06-02T10:00:00+00:00" in skipped.detail
+    assert blocked_by(sessions, settings, drift("k2"), NOW, model_name="flight_delay") is not None
+    assert admit(sessions, settings, drift("k1"), NOW, model_name="bike_demand").run  # another use case
+    assert admit(sessions, settings, drift("k1"), NOW + timedelta(hours=22), model_name="flight_delay").run
+
+
+def test_a_registry_rollback_starts_the_cooldown(ledger: tuple[Settings, db.sessionmaker[db.Session]],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.models import fake_version_fields
+
+    from retrain import registry
+
+    settings, sessions = ledger
+    clock = {"now": NOW - timedelta(days=10)}
+    monkeypatch.setattr("retrain.clock.now", lambda _s: clock["now"])
+    v1, v2 = (registry.register_version(sessions, **fake_version_fields(i)).version for i in (1, 2))
+    registry.promote(sessions, v1, "first", "ops", model_name="flight_delay")
+    registry.promote(sessions, v2, "second", "ops", model_name="flight_delay")
+    assert admit(sessions, settings, drift("before"), NOW, model_name="flight_delay").run
+    clock["now"] = NOW + timedelta(hours=1)
+    registry.rollback(sessions, "v2 misbehaves", "ops", "flight_delay")
+    after = admit(sessions, settings, drift("after"), NOW + timedelta(hours=3), model_name="flight_delay")
+    assert after.outcome == "cooldown" and "last rollback" in after.detail
+
+
+@pytest.mark.parametrize("outcome", ["failed", "crashed", "cancelled"])
+def test_an_alert_whose_run_ended_without_a_result_does_not_dedupe(
+        ledger: tuple[Settings, db.sessionmaker[db.Session]], outcome: str) -> None:
+    settings, sessions = ledger
+    first = admit(sessions, settings, drift(), NOW, flow_run_id="fr-1")
+    assert blocked_by(sessions, settings, drift(), NOW)[0] == "deduplicated"  # type: ignore[index]
+    finish_alert(sessions, first.alert_id, outcome=outcome, detail=f"flow run {outcome}")
+    assert blocked_by(sessions, settings, drift(), NOW) is None
+    assert admit(sessions, settings, drift(), NOW + timedelta(minutes=1), flow_run_id="fr-2").run
+    assert outcome in TERMINAL_OUTCOMES and first.detail == ADMITTED_DETAIL
+
+
+def test_record_if_blocked_records_only_a_skip(ledger: tuple[Settings, db.sessionmaker[db.Session]]) -> None:
+    settings, sessions = ledger
+    assert record_if_blocked(sessions, settings, drift(), NOW) is None
+    assert outcomes(sessions) == []
+    admit(sessions, settings, drift(), NOW)
+    row = record_if_blocked(sessions, settings, drift(), NOW, note=" (seen by the monitor)")
+    assert row is not None and row.outcome == "deduplicated" and (row.detail or "").endswith("(seen by the monitor)")
+    assert outcomes(sessions) == [("k1", "run"), ("k1", "deduplicated")]
+
+
+def promotion_during_admit(url: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> LedgerDecision:
+    """A promotion's transaction is open (champion moved, not committed) when an alert is admitted.
+
+    The ledger must not decide on what it read before the promotion commits: it waits for the model's
+    lock, then sees the promotion, so the alert is "cooldown" rather than a retrain right after it.
+    """
+    from tests.support.models import fake_version_fields
+
+    from retrain import registry
+
+    clock = {"now": NOW - timedelta(days=10)}
+    monkeypatch.setattr("retrain.clock.now", lambda _s: clock["now"])
+    engine = db.make_engine(url)
+    sessions = db.session_factory(engine)
+    try:
+        v1, v2 = (registry.register_version(sessions, **fake_version_fields(i)).version for i in (1, 2))
+        registry.promote(sessions, v1, "first", "ops", model_name="flight_delay")  # the champion row exists
+        clock["now"] = NOW
+        moved, decided = threading.Event(), threading.Event()
+        result: list[LedgerDecision] = []
+
+        def alert() -> None:
+            other = db.make_engine(url)
+            try:
+                moved.wait(10)
+                result.append(admit(db.session_factory(other), settings, drift("race"), NOW + timedelta(minutes=1),
+                                    model_name="flight_delay"))
+            finally:
+                decided.set()
+                other.dispose()
+
+        thread = threading.Thread(target=alert)
+        thread.start()
+        with db.transaction(sessions) as s:
+            registry.promote_in(s, v2, "gates passed", "flow:evaluate", model_name="flight_delay")
+            moved.set()
+            assert not decided.wait(0.5), "the ledger decided while a champion move was uncommitted"
+        thread.join(30)
+        [decision] = result
+        return decision
+    finally:
+        engine.dispose()
+
+
+def test_admission_waits_for_an_uncommitted_promotion_on_sqlite(
+        ledger: tuple[Settings, db.sessionmaker[db.Session]], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, _ = ledger
+    decision = promotion_during_admit(settings.db_url, settings, monkeypatch)
+    assert decision.outcome == "cooldown", decision.detail
+
+
+@pytest.mark.postgres
+def test_admission_waits_for_an_uncommitted_promotion_on_postgres(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.pg import scratch_database
+
+    with scratch_database("retrain_ledger_lock") as url:
+        db.upgrade(url)
+        settings = Settings(home=tmp_path, database_url=url, retrain_cooldown_hours=24)
+        decision = promotion_during_admit(url, settings, monkeypatch)
+        assert decision.outcome == "cooldown", decision.detail

@@ -1,4 +1,5 @@
-"""Cancelled retrain runs reach the alerts table once each (no Prefect server: runs are plain records)."""
+"""Cancelled, crashed and failed retrain runs reach the alerts table once each (no Prefect server: runs are
+plain records)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,21 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from retrain import events
+from retrain import events, registry
 from retrain.config import Settings
 from retrain.db import Alert
-from retrain.reconcile import CANCELLED, CancelledRun, payload_from_parameters, record_cancelled
+from retrain.reconcile import (
+    CANCELLED,
+    CRASHED,
+    FAILED,
+    CancelledRun,
+    EndedRun,
+    ended_retrain_runs,
+    payload_from_parameters,
+    reconcile_runs,
+    record_cancelled,
+    record_ended,
+)
 from retrain.registry import open_registry
 
 NOW = datetime(2013, 3, 1, tzinfo=UTC)
@@ -33,7 +45,7 @@ def run(i: int, **over: Any) -> CancelledRun:
 
 @pytest.fixture
 def home(tmp_path: Path) -> tuple[Settings, Any]:
-    settings = Settings(home=tmp_path)
+    settings = Settings(home=tmp_path, model_name="flight_delay")
     return settings, open_registry(settings)
 
 
@@ -108,14 +120,14 @@ def test_no_runs_is_a_no_op(home: tuple[Settings, Any]) -> None:
 class FakeRuns:
     """The two Prefect client reads `covering_retrain` makes, over a fixed list of flow runs."""
 
-    def __init__(self, runs: list[Any], created: datetime) -> None:
-        self.runs, self.created = runs, created
+    def __init__(self, runs: list[Any], created: datetime, model: str = "flight_delay") -> None:
+        self.runs, self.created, self.model = runs, created, model
         self.asked: list[Any] = []
 
     def read_flow_run(self, _run_id: Any) -> Any:
         from types import SimpleNamespace
 
-        return SimpleNamespace(created=self.created)
+        return SimpleNamespace(created=self.created, parameters=params(model_name=self.model))
 
     def read_flow_runs(self, **kw: Any) -> list[Any]:
         self.asked.append(kw)
@@ -123,10 +135,13 @@ class FakeRuns:
         return [r for r in self.runs if r.start_time is not None and r.start_time >= after]
 
 
-def flow_run(run_id: str, start: datetime | None) -> Any:
+def flow_run(run_id: str, start: datetime | None, state_type: str | None = None) -> Any:
     from types import SimpleNamespace
 
-    return SimpleNamespace(id=run_id, name=f"name-{run_id}", start_time=start)
+    from prefect.client.schemas.objects import StateType
+
+    return SimpleNamespace(id=run_id, name=f"name-{run_id}", start_time=start,
+                           state_type=StateType[state_type] if state_type else None)
 
 
 def test_a_storm_straggler_is_covered_by_the_retrain_that_started_after_it(home: tuple[Settings, Any]) -> None:
@@ -155,3 +170,161 @@ def test_a_storm_straggler_is_covered_by_the_retrain_that_started_after_it(home:
     events.finish_alert(sessions, winner.alert_id, outcome="failed", detail="boom")
     assert covering_retrain(sessions, strag, t0, client=FakeRuns(runs, t0)) is None  # type: ignore[arg-type]
     assert covering_retrain(sessions, win, t0, client=FakeRuns(runs, t0)) is None  # type: ignore[arg-type]
+
+
+def test_covering_retrain_counts_only_retrains_of_the_same_model(home: tuple[Settings, Any]) -> None:
+    from retrain.reconcile import covering_retrain
+
+    settings, sessions = home
+    t0 = datetime(2026, 12, 1, 20, 0, 0, tzinfo=UTC)
+    other, strag = "6f1c2c1e-0000-4000-8000-00000000000a", "6f1c2c1e-0000-4000-8000-00000000000b"
+    bikes = events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="a"), NOW,
+                         model_name="bike_demand", flow_run_id=other)
+    assert bikes.run
+    runs = [flow_run(other, t0.replace(second=2)), flow_run(strag, t0.replace(second=30))]
+    # another use case's retrain started after this alert was raised: it answers nothing here
+    assert covering_retrain(sessions, strag, t0, client=FakeRuns(runs, t0),  # type: ignore[arg-type]
+                            model_name="flight_delay") is None
+    # without model_name the alert's model comes from this run's parameters
+    assert covering_retrain(sessions, strag, t0, client=FakeRuns(runs, t0, model="flight_delay")) is None  # type: ignore[arg-type]
+    covered = covering_retrain(sessions, strag, t0, client=FakeRuns(runs, t0, model="bike_demand"))  # type: ignore[arg-type]
+    assert covered is not None and f"alert {bikes.alert_id}" in covered
+    assert covering_retrain(sessions, strag, t0, client=FakeRuns(runs, t0),  # type: ignore[arg-type]
+                            model_name="bike_demand") == covered
+
+
+@pytest.mark.parametrize("state", ["CRASHED", "FAILED", "CANCELLED"])
+def test_a_retrain_whose_run_ended_without_a_result_covers_nothing(home: tuple[Settings, Any], state: str) -> None:
+    from retrain.reconcile import covering_retrain
+
+    settings, sessions = home
+    t0 = datetime(2026, 12, 1, 20, 0, 0, tzinfo=UTC)
+    dead, strag = "6f1c2c1e-0000-4000-8000-00000000000c", "6f1c2c1e-0000-4000-8000-00000000000d"
+    # admitted, then the run died: its row still says "run" until a reconcile pass sees it
+    assert events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="a"), NOW,
+                        flow_run_id=dead).run
+    alive = [flow_run(dead, t0.replace(second=2), "RUNNING"), flow_run(strag, t0.replace(second=30))]
+    assert covering_retrain(sessions, strag, t0, client=FakeRuns(alive, t0)) is not None  # type: ignore[arg-type]
+    ended = [flow_run(dead, t0.replace(second=2), state), flow_run(strag, t0.replace(second=30))]
+    assert covering_retrain(sessions, strag, t0, client=FakeRuns(ended, t0)) is None  # type: ignore[arg-type]
+
+
+def ended(i: int, outcome: str, message: str = "worker process exited", **over: Any) -> EndedRun:
+    return EndedRun(f"run-{i}", params(**over), message, datetime(2026, 1, 1, 12, 0, i, tzinfo=UTC), outcome)
+
+
+def version(sessions: Any, name: str) -> str:
+    from tests.support.models import fake_version_fields
+
+    fields = {**fake_version_fields(1), "bento_model_tag": f"flight_delay:{name}"}
+    return registry.register_version(sessions, version=name, **fields).version
+
+
+@pytest.mark.parametrize("outcome", [CRASHED, FAILED])
+def test_a_crashed_or_failed_run_frees_its_key_and_takes_back_its_challenger(home: tuple[Settings, Any],
+                                                                             outcome: str) -> None:
+    settings, sessions = home
+    payload = events.AlertPayload(kind="data_drift", dedupe_key="k")
+    admitted = events.admit(sessions, settings, payload, NOW, flow_run_id="run-1")
+    trained = version(sessions, "trained")
+    registry.set_challenger(sessions, trained, events.shadow_reason(admitted.alert_id), "flow:retrain")
+    # the run died: the next alert with the same key is deduplicated against it ...
+    blocked = events.admit(sessions, settings, payload, NOW, flow_run_id="run-2")
+    assert (blocked.run, blocked.outcome) == (False, "deduplicated")
+
+    result = record_ended(settings, sessions, [ended(1, outcome, dedupe_key="k")], NOW)
+    assert (result.freed, result.recorded, result.already, result.cleared) == ([admitted.alert_id], [], 1, [trained])
+    row = {r.id: r for r in rows(sessions)}[admitted.alert_id]
+    assert row.outcome == outcome
+    assert (row.detail or "").startswith(f"admitted, then flow run {outcome} at 2026-01-01T12:00:01")
+    assert "worker process exited" in (row.detail or "")
+    assert registry.get_alias(sessions, registry.CHALLENGER, "flight_delay") is None
+    assert registry.get_version(sessions, trained).status == "candidate"
+    # ... until the reconcile: then the next alert runs, and a second pass changes nothing
+    assert events.admit(sessions, settings, payload, NOW, flow_run_id="run-3").run
+    again = record_ended(settings, sessions, [ended(1, outcome, dedupe_key="k")], NOW)
+    assert (again.freed, again.recorded, again.already, again.cleared) == ([], [], 1, [])
+
+
+def test_a_challenger_set_by_someone_else_is_left_alone(home: tuple[Settings, Any]) -> None:
+    settings, sessions = home
+    admitted = events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="k"), NOW,
+                            flow_run_id="run-1")
+    ours, theirs = version(sessions, "ours"), version(sessions, "theirs")
+    registry.set_challenger(sessions, ours, events.shadow_reason(admitted.alert_id), "flow:retrain")
+    registry.set_challenger(sessions, theirs, "operator's shadow test", "ops")
+    result = record_ended(settings, sessions, [ended(1, CRASHED, dedupe_key="k")], NOW)
+    assert result.freed == [admitted.alert_id] and result.cleared == []
+    current = registry.get_alias(sessions, registry.CHALLENGER, "flight_delay")
+    assert current is not None and current.version == theirs
+
+
+def test_a_run_that_crashed_after_its_retrain_reported_back_keeps_its_answer(home: tuple[Settings, Any]) -> None:
+    settings, sessions = home
+    payload = events.AlertPayload(kind="data_drift", dedupe_key="k")
+    admitted = events.admit(sessions, settings, payload, NOW, flow_run_id="run-1")
+    events.finish_alert(sessions, admitted.alert_id, detail="trained v1 on [...), evaluation 1: reject")
+    result = record_ended(settings, sessions, [ended(1, CRASHED, dedupe_key="k")], NOW)
+    assert (result.freed, result.recorded, result.already) == ([], [], 1)
+    [row] = rows(sessions)
+    assert row.outcome == "run" and row.detail == "trained v1 on [...), evaluation 1: reject"
+    assert events.admit(sessions, settings, payload, NOW, flow_run_id="run-2").outcome == "deduplicated"
+
+
+def test_crashed_and_failed_runs_the_ledger_never_saw_are_recorded(home: tuple[Settings, Any]) -> None:
+    settings, sessions = home
+    result = record_ended(settings, sessions, [ended(1, CRASHED, dedupe_key="a"),
+                                               ended(2, FAILED, "ValidationError: kind", dedupe_key="b")], NOW)
+    assert len(result.recorded) == 2 and result.freed == []
+    a, b = rows(sessions)
+    assert (a.flow_run_id, a.outcome, a.dedupe_key) == ("run-1", CRASHED, "a")
+    assert (b.flow_run_id, b.outcome, b.dedupe_key) == ("run-2", FAILED, "b")
+    assert (a.detail or "").startswith("flow run crashed at") and "ValidationError: kind" in (b.detail or "")
+    for row in (a, b):  # neither holds its key
+        assert events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key=row.dedupe_key),
+                            NOW).run
+    with pytest.raises(ValueError, match="outcome: 'completed'"):
+        EndedRun("run-9", {}, outcome="completed")
+
+
+class FakeEnded:
+    """`read_flow_runs` over flow runs in end states, filtered by state type as the Prefect server does."""
+
+    def __init__(self, runs: list[Any]) -> None:
+        self.runs = runs
+        self.asked: list[Any] = []
+
+    def read_flow_runs(self, **kw: Any) -> list[Any]:
+        self.asked.append(kw)
+        wanted = set(kw["flow_run_filter"].state.type.any_)
+        return [r for r in self.runs if r.state_type in wanted]
+
+
+def prefect_run(i: int, state: str, **over: Any) -> Any:
+    from types import SimpleNamespace
+
+    from prefect.client.schemas.objects import StateType
+
+    when = datetime(2026, 1, 1, 12, 0, i, tzinfo=UTC)
+    return SimpleNamespace(id=f"run-{i}", parameters=params(**over), state_type=StateType[state],
+                           state=SimpleNamespace(message=f"{state.lower()} message", timestamp=when))
+
+
+def test_reconcile_runs_reads_cancelled_crashed_and_failed_runs(home: tuple[Settings, Any]) -> None:
+    settings, sessions = home
+    client = FakeEnded([prefect_run(1, "CANCELLED", dedupe_key="a"), prefect_run(2, "CRASHED", dedupe_key="b"),
+                        prefect_run(3, "FAILED", dedupe_key="c"), prefect_run(4, "COMPLETED", dedupe_key="d")])
+    result = reconcile_runs(settings, sessions, NOW, client=client)  # type: ignore[arg-type]
+    assert (result.seen, len(result.recorded)) == (3, 3)
+    assert [(r.flow_run_id, r.outcome) for r in rows(sessions)] == [
+        ("run-1", CANCELLED), ("run-2", CRASHED), ("run-3", FAILED)]
+    assert rows(sessions)[1].detail == "flow run crashed at 2026-01-01T12:00:02+00:00: crashed message"
+    assert reconcile_runs(settings, sessions, NOW, client=client).already == 3  # type: ignore[arg-type]
+    # the cancelled-only pass (and its listing) still reads just the cancelled runs
+    from retrain.reconcile import cancelled_retrain_runs, reconcile_cancelled
+
+    assert [r.flow_run_id for r in cancelled_retrain_runs(client)] == ["run-1"]  # type: ignore[arg-type]
+    assert reconcile_cancelled(settings, sessions, NOW, client=client).seen == 1  # type: ignore[arg-type]
+    assert [r.outcome for r in ended_retrain_runs(client, outcomes=(CRASHED,))] == [CRASHED]  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="outcomes"):
+        ended_retrain_runs(client, outcomes=("completed",))  # type: ignore[arg-type]

@@ -27,10 +27,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from retrain import data, offline
-from retrain.config import Settings
-from retrain.db import IngestionBatch, Outcome, QuarantinedRow, transaction
-from retrain.ingest_contract import (
+from flight_delay import data
+from flight_delay.ingest_contract import (
     DELAY_RANGE,
     BatchRejected,
     Coerced,
@@ -41,6 +39,9 @@ from retrain.ingest_contract import (
     none_where,
     validate,
 )
+from retrain import offline
+from retrain.config import Settings
+from retrain.db import IngestionBatch, Outcome, QuarantinedRow, transaction
 from retrain.jsonsafe import read_json_state, write_json_atomic
 
 __all__ = [

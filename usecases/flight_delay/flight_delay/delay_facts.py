@@ -18,7 +18,7 @@ import pandas as pd
 
 from retrain import offline
 from retrain.config import Settings
-from retrain.data import utc_times
+from retrain.times import utc_times
 
 FACT_COLUMNS = ["flight_id", "carrier", "route", "landed_at", "arr_delay", "late", "batch_id"]
 _OUTCOME_COLUMNS = ["flight_id", "landed_at", "arr_delay", "late", "batch_id"]

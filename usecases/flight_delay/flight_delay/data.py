@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from retrain.times import TimeLike, to_utc
+
 FLIGHT_COLUMNS: tuple[str, ...] = (
     "year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
     "arr_delay", "carrier", "flight", "tailnum", "origin", "dest", "air_time", "distance", "hour",
@@ -162,16 +164,16 @@ class ReplayClock:
         lo = 0 if since is None else int(np.searchsorted(self._sched, _naive(since), "left"))
         hi = int(np.searchsorted(self._sched, _naive(until), "left"))
         part = self._flights.iloc[lo:hi].copy()
-        not_landed = ~(part["landed_at"] < _ts(until))
+        not_landed = ~(part["landed_at"] < to_utc(until))
         part.loc[not_landed, list(OUTCOME_COLUMNS)] = np.nan
         return part
 
     def outcomes_between(self, since: datetime | None, until: datetime, threshold: float = 15.0) -> pd.DataFrame:
         """Outcomes that matured (landed) in [since, until)."""
         landed = self._landed
-        mask = landed < _ts(until)
+        mask = landed < to_utc(until)
         if since is not None:
-            mask &= landed >= _ts(since)
+            mask &= landed >= to_utc(since)
         return outcomes_of(self._flights[mask.fillna(False)], threshold)
 
     def release(self, since: datetime | None, until: datetime) -> Release:
@@ -180,30 +182,6 @@ class ReplayClock:
         return Release(now=until, flights=flights[list(FLIGHT_COLUMNS)], outcomes=self.outcomes_between(since, until))
 
 
-TimeLike = datetime | pd.Timestamp | str
-
-
-def _ts(value: TimeLike) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def _naive(value: TimeLike) -> np.datetime64:
     """UTC as a naive datetime64 (what the sorted schedule array holds)."""
-    return _ts(value).tz_localize(None).to_datetime64()
-
-
-def utc_times(values: pd.Series) -> pd.Series:
-    """A column as tz-aware UTC timestamps.
-
-    `pd.to_datetime` on a column that already holds datetimes still samples it for its parse cache,
-    boxing 10,000 Timestamps per call; the feature refresh did that ~10 times a simulated day.
-    """
-    if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert("UTC")
-    return pd.to_datetime(values, utc=True, cache=not pd.api.types.is_datetime64_dtype(values.dtype))
-
-
-def to_utc(value: TimeLike) -> pd.Timestamp:
-    """Parse a date/time; naive values are taken as UTC."""
-    return _ts(value)
+    return to_utc(value).tz_localize(None).to_datetime64()

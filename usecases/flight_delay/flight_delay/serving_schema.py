@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError, ValidationError
 
-from retrain.data import known_airports, known_carriers, load_airports
+from flight_delay.data import known_airports, known_carriers, load_airports
 
 DEFAULT_TZ = "America/New_York"  # every 2013 origin is in New York; used when an airport has no zone
 _DEFAULT_ZONE = ZoneInfo(DEFAULT_TZ)

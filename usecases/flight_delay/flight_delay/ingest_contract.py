@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pandera.errors import SchemaErrors
 
-from retrain import data
+from flight_delay import data
 
 LOCAL_TZ = "America/New_York"
 INT_COLUMNS: tuple[str, ...] = (
