@@ -1,11 +1,12 @@
 """The evaluator's gates for a regression challenger: the same decision rules as the binary gates,
 on a loss instead of AUC.
 
-- improvement: paired bootstrap of the per-row loss difference (squared error for RMSE, absolute
-  error for MAE); the one-sided lower bound of the champion's loss minus the challenger's must clear
-  `gate_improvement_margin`;
-- slices: no slice with at least `gate_slice_min_rows` rows may get worse by more than
-  `gate_slice_tolerance` of the champion's loss there (relative: losses have the label's units);
+- improvement: paired bootstrap (rows, or whole `blocks` such as days) of the per-row loss difference
+  (squared error for RMSE, absolute error for MAE); the one-sided lower bound of the champion's loss
+  minus the challenger's must clear `gate_improvement_margin`;
+- slices: no slice with at least `gate_slice_min_rows` rows may be significantly worse (one-sided
+  bootstrap per slice, Holm across slices) by more than `gate_slice_tolerance` of the champion's
+  loss there (relative: losses have the label's units);
 - latency, model size and feature-service compatibility as for any model (`gates.serving_gates`).
 There is no absolute floor: a regression loss has no scale-free minimum quality.
 """
@@ -20,14 +21,27 @@ import numpy.typing as npt
 
 from retrain.gates import (
     Decision,
+    FloatArray,
     GateConfig,
     GateResult,
     ServingStats,
     SliceResult,
+    Statistic,
+    block_codes,
+    bootstrap_stats,
+    bounds,
     conclude,
+    count_blocks,
+    holm_slices,
+    mean_gain,
+    paired_bootstrap,
+    resampled,
     serving_gates,
     skipped,
+    slice_gate_detail,
     slice_masks,
+    slice_test,
+    too_few_blocks,
 )
 
 LOSSES = ("rmse", "mae")
@@ -46,47 +60,66 @@ def summarize(metric: str, loss: np.ndarray) -> float:
     return float(np.sqrt(loss.mean()) if metric == "rmse" else loss.mean())
 
 
-def improvement_gate(gain: np.ndarray, metric: str, config: GateConfig) -> tuple[GateResult, dict[str, float]]:
-    """Paired bootstrap of the mean loss gain (champion loss - challenger loss, per row)."""
-    rng = np.random.default_rng(config.seed)
-    diffs = np.empty(config.bootstrap_resamples)
-    for lo in range(0, config.bootstrap_resamples, 100):
-        k = min(100, config.bootstrap_resamples - lo)
-        diffs[lo:lo + k] = gain[rng.integers(0, gain.size, size=(k, gain.size))].mean(axis=1)
-    lower = float(np.quantile(diffs, 1.0 - config.confidence))
-    upper = float(np.quantile(diffs, config.confidence))
+def improvement_gate(gain: np.ndarray, metric: str, config: GateConfig,
+                     blocks: npt.ArrayLike | None = None) -> tuple[GateResult, dict[str, float]]:
+    """Paired bootstrap (rows, or whole `blocks`) of the mean loss gain (champion loss - challenger loss, per row)."""
+    gain = np.asarray(gain, dtype="float64")
+    n_blocks = count_blocks(blocks, gain.size)
+    if n_blocks is not None and n_blocks < config.min_blocks:
+        return too_few_blocks(n_blocks, config), {}
+    diffs = paired_bootstrap(mean_gain(gain), gain.size, blocks, resamples=config.bootstrap_resamples,
+                             seed=config.seed)
+    valid, lower, upper = bounds(diffs, config.confidence)
     ok = lower > config.improvement_margin
     unit = "squared error" if metric == "rmse" else "absolute error"
     detail = (f"mean {unit} gain {float(gain.mean()):+.4g}, {config.confidence:.0%} one-sided lower bound "
               f"{lower:+.4g} {'>' if ok else '<='} margin {config.improvement_margin:+.4g} "
-              f"({config.bootstrap_resamples} paired resamples)")
-    stats = {"observed": float(gain.mean()), "mean": float(diffs.mean()), "lower": lower, "upper": upper,
-             "resamples": float(config.bootstrap_resamples), "confidence": config.confidence}
+              f"({resampled(valid.size, n_blocks)})")
+    stats = bootstrap_stats(float(gain.mean()), valid, lower, upper, config, n_blocks)
     return GateResult("improvement", ok, lower, config.improvement_margin, detail), stats
 
 
+def relative_gain(metric: str, loss_a: np.ndarray, loss_b: np.ndarray) -> Statistic:
+    """Per resample, (champion metric - challenger metric) / champion metric (0 when the champion is perfect)."""
+
+    def gain(w: FloatArray) -> FloatArray:
+        total = w.sum(axis=1)
+        ma, mb = (w @ loss_a) / total, (w @ loss_b) / total
+        if metric == "rmse":
+            ma, mb = np.sqrt(ma), np.sqrt(mb)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.asarray(np.where(mb > 0, (mb - ma) / np.where(mb > 0, mb, 1.0), 0.0), dtype="float64")
+
+    return gain
+
+
 def slice_results(metric: str, loss_a: np.ndarray, loss_b: np.ndarray, slices: Mapping[str, npt.ArrayLike],
-                  config: GateConfig) -> list[SliceResult]:
-    """The metric per slice value with enough rows; delta is the relative gain (negative = worse)."""
+                  config: GateConfig, blocks: npt.ArrayLike | None = None) -> list[SliceResult]:
+    """The metric per slice value with enough rows; delta is the relative gain (negative = worse), with its
+    paired bootstrap (rows, or whole `blocks`), one-sided p-value and Holm verdict. Slices spread over fewer
+    than `min_blocks` blocks are skipped."""
+    keys = None if blocks is None else np.asarray(blocks)
+    if keys is not None:
+        block_codes(keys, loss_a.size)
     out: list[SliceResult] = []
     for name, count, mask in slice_masks(slices, config.slice_min_rows):
+        sb = None if keys is None else keys[mask]
+        n_blocks = count_blocks(sb, count)
+        if n_blocks is not None and n_blocks < config.min_blocks:
+            continue
         ma, mb = summarize(metric, loss_a[mask]), summarize(metric, loss_b[mask])
         delta = (mb - ma) / mb if mb > 0 else 0.0
-        out.append(SliceResult(name, count, ma, mb, delta, delta < -config.slice_tolerance))
-    return out
+        diffs = paired_bootstrap(relative_gain(metric, loss_a[mask], loss_b[mask]), count, sb,
+                                 resamples=config.bootstrap_resamples, seed=config.seed)
+        out.append(slice_test(name, count, ma, mb, delta, diffs, config, n_blocks))
+    return holm_slices(out, config)
 
 
 def slice_gate(results: list[SliceResult], metric: str, config: GateConfig) -> GateResult:
-    """No qualifying slice may lose more than the tolerance (relative to the champion's loss there)."""
+    """No slice may be significantly worse than the tolerance (relative to the champion's loss there)."""
     if not results:
         return skipped("slices", f"no slice has >= {config.slice_min_rows} rows")
-    worst = min(results, key=lambda r: r.delta)
-    bad = [r for r in results if r.regressed]
-    detail = (f"{len(results)} slices checked; worst {worst.slice} {metric} {worst.challenger:.4g} vs champion "
-              f"{worst.champion:.4g} ({worst.delta:+.2%}, n={worst.n}); tolerance -{config.slice_tolerance:.2%}")
-    if bad:
-        detail += "; regressed: " + ", ".join(f"{r.slice} {r.delta:+.2%}" for r in bad[:5])
-    return GateResult("slices", not bad, worst.delta, -config.slice_tolerance, detail)
+    return slice_gate_detail(results, config, "+.2%", f"relative {metric}")
 
 
 def _summary(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -106,8 +139,12 @@ def decide_regression(
     serving: ServingStats | None = None,
     feature_services: tuple[str, str] | None = None,
     migration: str | None = None,
+    blocks: npt.ArrayLike | None = None,
 ) -> Decision:
-    """Every gate for a regression challenger, and the decision (a first model: no gate can fail)."""
+    """Every gate for a regression challenger, and the decision (a first model: no gate can fail).
+
+    `blocks` (one label per row, e.g. `gates.day_blocks(event_times)`) makes the bootstraps resample whole blocks.
+    """
     yv = np.asarray(y, dtype="float64")
     a = np.asarray(challenger, dtype="float64")
     if a.shape != yv.shape or not np.isfinite(yv).all() or not np.isfinite(a).all():
@@ -125,10 +162,10 @@ def decide_regression(
             raise ValueError("champion predictions and labels must have the same length")
         loss_b = row_loss(metric, yv, b)
         result_metrics["champion"] = _summary(yv, b)
-        gate, stats = improvement_gate(loss_b - loss_a, metric, config)
+        gate, stats = improvement_gate(loss_b - loss_a, metric, config, blocks)
         result_metrics["bootstrap"] = {"metric": metric, **stats}
         gates.append(gate)
-        slice_rows = slice_results(metric, loss_a, loss_b, slices or {}, config)
+        slice_rows = slice_results(metric, loss_a, loss_b, slices or {}, config, blocks)
         gates.append(slice_gate(slice_rows, metric, config) if slices else skipped("slices", "no slice columns"))
         gates += serving_gates(config, serving, feature_services, migration)
     return conclude(gates, result_metrics, slice_rows, serving)

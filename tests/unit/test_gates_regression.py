@@ -1,4 +1,5 @@
-"""Regression gates: paired bootstrap on the loss difference, relative slice tolerance, serving gates."""
+"""Regression gates: paired (row or day-block) bootstrap on the loss difference, Holm-tested relative slice
+tolerance, serving gates."""
 
 from __future__ import annotations
 
@@ -54,6 +55,26 @@ def test_a_slice_that_gets_worse_blocks_promotion() -> None:
     slices = {s.slice: s for s in d.slices}
     assert slices["region=south"].regressed and not slices["region=north"].regressed
     assert not d.promote and any(r.startswith("slices failed") for r in d.reasons)
+    south = slices["region=south"]
+    assert south.upper < -CONFIG.slice_tolerance and south.p_adjusted <= CONFIG.alpha <= slices["region=north"].p_value
+    assert "region=south" in next(g.detail for g in d.gates if g.name == "slices")
+
+
+def test_day_blocks_flow_through_decide_regression() -> None:
+    y, x = _data(3000)
+    rng = np.random.default_rng(5)
+    day = np.repeat(np.arange(30), 100)
+    region = np.where(x > 0, "north", "south")
+    champion = y + rng.normal(0, 6, y.size) + rng.normal(0, 4, 30)[day]  # a day-level error the rows share
+    challenger = y + rng.normal(0, 6, y.size) + rng.normal(0, 4, 30)[day]
+    rows = decide_regression(y, challenger, champion, config=CONFIG, slices={"region": region})
+    days = decide_regression(y, challenger, champion, config=CONFIG, slices={"region": region}, blocks=day)
+    assert days.metrics["bootstrap"]["blocks"] == 30 and rows.metrics["bootstrap"]["blocks"] == 0
+    assert days.metrics["bootstrap"]["sd"] > 2 * rows.metrics["bootstrap"]["sd"]
+    assert "of 30 blocks" in next(g.detail for g in days.gates if g.name == "improvement")
+    assert all(s.blocks == 30 for s in days.slices) and all(s.blocks is None for s in rows.slices)
+    with pytest.raises(ValueError, match="one block label per row"):
+        decide_regression(y, challenger, champion, config=CONFIG, blocks=day[:10])
 
 
 def test_first_model_and_serving_gates() -> None:

@@ -284,12 +284,25 @@ def test_sizing_counts_only_labels_that_mature_inside_the_windows() -> None:
     problems = volume_problems(Settings(), late)
     assert any("~450 labelled rows < eval_min_rows 1,000" in p for p in problems), problems
     sized = sized_settings(late, Settings())
-    assert sized["eval_min_rows"] == 225  # half of the ~450 labelled rows of a 14-day window
+    # a 14-day window holds only 4 labelled days: fewer than gate_min_blocks (5) day blocks, so it grows to
+    # 14.5 days (5 labelled, 9.5 unlabelled), and the minimum is half of its ~500 labelled rows
+    assert sized["retrain_eval_days"] == 14.5 and sized["eval_min_rows"] == 250
     assert volume_problems(Settings().model_copy(update=sized), late) == []
     sparse = Volume(rows=3_650, days=365, label_delay_hours=240)  # 10 a day: 45 labelled rows in 14 days
     grown = sized_settings(sparse, Settings())
     assert grown["retrain_eval_days"] == 12 + 9.5  # 120 labelled rows need 12 days, plus the unlabelled tail
     assert volume_problems(Settings().model_copy(update=grown), sparse) == []
+
+
+def test_a_weekly_panel_gets_weekly_blocks_and_enough_of_them() -> None:
+    """The gates resample blocks of event time: weekly snapshots get one-week blocks, and the evaluation
+    window spans gate_min_blocks of them; the defaults (day blocks, 14 days = 2 snapshots) are refused."""
+    weekly = Volume(rows=200 * 52, days=364, times_per_day=1 / 7)
+    problems = volume_problems(Settings(), weekly)
+    assert any("blocks of 24 h with labelled rows < gate_min_blocks 5" in p for p in problems), problems
+    sized = sized_settings(weekly, Settings())
+    assert sized["gate_block_hours"] == 168 and sized["retrain_eval_days"] >= 35
+    assert volume_problems(Settings().model_copy(update=sized), weekly) == []
 
 
 def test_a_weekly_panel_gets_daily_snapshots_whatever_its_rows_per_day(home: Path) -> None:

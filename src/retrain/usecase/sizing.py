@@ -28,6 +28,7 @@ class Volume:
     rows: int
     days: float
     label_delay_hours: float = 0.0  # a row's label matures this long after its time
+    times_per_day: float | None = None  # distinct event times a day (a weekly panel: 1/7); None: unknown
 
     @property
     def per_day(self) -> float:
@@ -56,12 +57,19 @@ def sized_settings(volume: Volume, base: Settings) -> dict[str, Any]:
     # windows are lengthened by their unlabelled tail: their labelled part must hold the rows
     unl_eval, unl_window = volume.unlabelled_days(base.retrain_label_lag_hours), volume.unlabelled_days()
     eval_days = _window(r, base.retrain_eval_days - unl_eval, MIN_EVAL_ROWS * 4) + unl_eval
+    # the gates resample blocks of event time: one block holds at least one event time, and the
+    # evaluation window spans gate_min_blocks of them (a weekly panel: weekly blocks, >= 5 weeks)
+    block_hours = base.gate_block_hours
+    if volume.times_per_day and volume.times_per_day * block_hours / 24.0 < 1.0:
+        block_hours = float(math.ceil(24.0 / volume.times_per_day))
+    eval_days = max(eval_days, float(math.ceil(base.gate_min_blocks * block_hours / 24.0)) + unl_eval)
     window_days = _window(r, base.monitor_window_days - unl_window, MIN_MONITOR_ROWS * 2) + unl_window
     in_eval, in_window = volume.expected(eval_days - unl_eval), volume.expected(window_days)
     labelled_window = volume.expected(window_days - unl_window)
     out: dict[str, Any] = {
         "retrain_train_days": train_days,
         "retrain_eval_days": eval_days,
+        "gate_block_hours": block_hours,
         "eval_min_rows": int(min(base.eval_min_rows, max(MIN_EVAL_ROWS, in_eval * 0.5))),
         "gate_slice_min_rows": int(min(base.gate_slice_min_rows, max(MIN_EVAL_ROWS, in_eval * 0.1))),
         "monitor_window_days": window_days,
@@ -102,6 +110,19 @@ def volume_problems(settings: Settings, volume: Volume, *, monitor_rows: float |
         problems.append(
             f"evaluation window ({settings.retrain_eval_days:g} days): ~{in_eval:,.0f} labelled rows < eval_min_rows "
             f"{settings.eval_min_rows:,} — every retrain would be refused; {fix}")
+    blocks = (settings.retrain_eval_days - volume.unlabelled_days(settings.retrain_label_lag_hours)) * 24.0
+    blocks /= settings.gate_block_hours
+    if volume.times_per_day:
+        blocks = min(blocks, settings.retrain_eval_days * volume.times_per_day)  # blocks without rows are none
+    if blocks < settings.gate_min_blocks:
+        days = sized.get("retrain_eval_days", settings.retrain_eval_days)
+        fix = f"set retrain_eval_days to {days:g} ({how('retrain_eval_days')})"
+        if "gate_block_hours" in sized:
+            fix += f" and gate_block_hours to {sized['gate_block_hours']:g} ({how('gate_block_hours')})"
+        problems.append(
+            f"evaluation window ({settings.retrain_eval_days:g} days): ~{blocks:.0f} blocks of "
+            f"{settings.gate_block_hours:g} h with labelled rows < gate_min_blocks {settings.gate_min_blocks} — the "
+            f"block bootstrap could never promote; {fix}")
     window = monitor_what or f"monitoring window ({settings.monitor_window_days:g} days)"
     predicted = volume.expected(settings.monitor_window_days) if monitor_rows is None else monitor_rows
     labelled = (volume.expected(settings.monitor_window_days - volume.unlabelled_days())
