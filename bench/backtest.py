@@ -27,8 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flight_delay.history import load_history
 from retrain import backtest
-from retrain.config import Settings
+from retrain.config import base_settings
+from retrain.usecase.catalog import load_usecase, settings_for
 
 # name -> (policy, Settings overrides)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -43,9 +45,12 @@ BASELINE, MONTHLY = "static", "periodic-always (monthly)"
 
 
 def run(home: Path | None, num_threads: int | None) -> dict[str, Any]:
-    settings = Settings() if num_threads is None else Settings(num_threads=num_threads)
+    base = base_settings()
+    settings = settings_for(load_usecase(base, "flight_delay"), base)
+    if num_threads is not None:
+        settings = settings.model_copy(update={"num_threads": num_threads})
     t0 = time.perf_counter()
-    history = backtest.load_flights(settings, feature_home=home,
+    history = load_history(settings, feature_home=home,
                                     progress=lambda m: print(f"  {time.perf_counter() - t0:6.1f}s {m}", flush=True))
     data_s = time.perf_counter() - t0
     rows: dict[str, dict[str, Any]] = {}

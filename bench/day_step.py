@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def drop_caches() -> None:
     """Forget everything the process learned about the landed parts."""
-    from retrain import delay_facts, features, ingest
+    from flight_delay import delay_facts, features, ingest
 
     ingest._ID_CACHE.clear()
     delay_facts._STATE.clear()
@@ -50,10 +50,10 @@ def main() -> None:
     home = args.home or Path(tempfile.mkdtemp(prefix="bench_day_"))
     os.environ["RETRAIN_HOME"] = str(home)
 
+    from flight_delay.data import ReplayClock
+    from flight_delay.features import refresh_feature_tables
+    from flight_delay.ingest import replay_until
     from retrain.config import get_settings
-    from retrain.data import ReplayClock
-    from retrain.features import refresh_feature_tables
-    from retrain.ingest import replay_until
     from retrain.registry import open_registry
 
     settings = get_settings()

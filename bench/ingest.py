@@ -22,18 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tests.support.flights import flight_settings
 
+from flight_delay.data import load_flights_raw
+from flight_delay.ingest import ingest_file
 from retrain import db
 from retrain.config import Settings
-from retrain.data import load_flights_raw
-from retrain.ingest import ingest_file
 
 EXPECTED_ROWS = 336_776
 EXPECTED_OUTCOMES = 327_346
 
 
 def _fresh_home(root: Path) -> tuple[Settings, Any]:
-    settings = Settings(home=root, database_url=f"sqlite:///{root / 'retrain.db'}")
+    settings = flight_settings(home=root, database_url=f"sqlite:///{root / 'retrain.db'}")
     settings.ensure_dirs()
     db.upgrade(settings.db_url)
     return settings, db.session_factory(db.make_engine(settings.db_url))

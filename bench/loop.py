@@ -199,10 +199,12 @@ def free_port() -> int:
 
 def build_home(settings: Any, say: Any) -> dict[str, Any]:
     """All of 2013 as seen at 2014-01-01, features, online store, a Jan–Feb champion (idempotent)."""
+    from flight_delay import features as F
+    from flight_delay.ingest import replay_until
+    from flight_delay.pipeline import frame_provider
     from retrain import clock, registry
-    from retrain import features as F
-    from retrain.ingest import replay_until
-    from retrain.train import feast_frame_provider, train_version
+    from retrain import feature_store as FS
+    from retrain.train import train_version
 
     marker = settings.home / "bench_loop_home.json"
     sessions = registry.open_registry(settings)
@@ -228,11 +230,12 @@ def build_home(settings: Any, say: Any) -> dict[str, Any]:
     seconds["feast_apply"] = time.perf_counter() - t
     t = time.perf_counter()
     say("materializing the online store to 2014-01-01")
-    F.materialize_until(F.open_store(settings), settings, NOW)
+    FS.materialize_until(FS.open_store(settings), settings, NOW)
     seconds["materialize"] = time.perf_counter() - t
     t = time.perf_counter()
     say("training the first champion on January-February")
-    first = train_version(settings, sessions, feast_frame_provider(settings), *CHAMPION_WINDOW)
+    first = train_version(settings, sessions, frame_provider(settings, shared=False), *CHAMPION_WINDOW,
+                          label="late", time_col="sched_dep")
     registry.promote(sessions, first.version, reason="bench/loop.py: first champion", actor="bench")
     seconds["champion"] = time.perf_counter() - t
     info = {"champion": first.version, "champion_tag": first.bento_model_tag, "landed": counts,
@@ -251,7 +254,7 @@ def start_prefect(settings: Any, env: dict[str, str]) -> None:
 
 def probe_flight(settings: Any) -> dict[str, Any]:
     """One real December flight as a `/predict` item."""
-    from retrain.features import landed_flights
+    from flight_delay.features import landed_flights
 
     flights = landed_flights(settings, ["carrier", "flight", "tailnum", "origin", "dest", "sched_dep", "distance"])
     sched = pd.to_datetime(flights["sched_dep"], utc=True)
@@ -361,9 +364,10 @@ def loop_facts(settings: Any, served: str) -> dict[str, Any]:
 
 def eval_cells_match(settings: Any, dump: Path, start: datetime, end: datetime) -> dict[str, Any]:
     """The bare eval frame vs Feast's point-in-time frame for the same window (untimed check)."""
-    from retrain import features as F
+    from flight_delay import features as F
+    from retrain import feature_store as FS
 
-    feast = F.training_set(F.open_store(settings), settings, start, end).frame
+    feast = F.training_set(FS.open_store(settings), settings, start, end).frame
     mine = pd.read_parquet(dump)
     same_rows = feast["flight_id"].astype(str).tolist() == mine["flight_id"].astype(str).tolist()
     bad = {}
@@ -562,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _model_features() -> list[str]:
-    from retrain.features import MODEL_FEATURES
+    from flight_delay.features import MODEL_FEATURES
 
     return list(MODEL_FEATURES)
 

@@ -32,13 +32,14 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.orm import Session, sessionmaker
+from tests.support.flights import flight_settings
 
 from retrain import db
 from retrain.config import Settings
 from retrain.monitor import build_reference_profile, run_monitoring
 
 try:  # the real contract when available; the bench does not need Feast itself
-    from retrain.features import MODEL_FEATURES
+    from flight_delay.features import MODEL_FEATURES
 except Exception:  # pragma: no cover - fallback keeps the bench runnable on its own
     MODEL_FEATURES = [f"f{i}" for i in range(24)]
 
@@ -88,7 +89,7 @@ class Context:
 
 def build(tmp: Path, rows: int, seed: int, database_url: str | None = None
           ) -> tuple[Settings, sessionmaker[Session], Context]:
-    settings = Settings(home=tmp, database_url=database_url)
+    settings = flight_settings(home=tmp, database_url=database_url)
     db.upgrade(settings.db_url)
     engine = db.make_engine(settings.db_url)
     sessions = db.session_factory(engine)

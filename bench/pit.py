@@ -34,10 +34,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
+from tests.support.flights import flight_settings
 
-from retrain import features as F
+from flight_delay import features as F
+from flight_delay.data import ReplayClock, enrich_flights, load_flights, outcomes_of
+from retrain import feature_store as FS
 from retrain.config import Settings
-from retrain.data import ReplayClock, enrich_flights, load_flights, outcomes_of
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -243,12 +245,12 @@ def weather_join_shapes(settings: Settings, entities: pd.DataFrame) -> dict[str,
 
 
 def run(home: Path, repeat: int, profile: bool) -> dict[str, Any]:
-    settings = Settings(home=home)
+    settings = flight_settings(home=home)
     settings.export_env()
     setup = prepare_home(settings) if not (F.features_dir(settings) / "weather.parquet").exists() else {}
     if not setup:
         F.apply_repo(settings)
-    store = F.open_store(settings)
+    store = FS.open_store(settings)
     ttls = {table: ttl_of(store, view) for table, (view, _, _) in VIEWS.items()}
     # warm both paths on one day (imports, registry load, DuckDB extension load)
     day = (START, START + pd.Timedelta(days=1))

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}: {script} missing, skipped")
             continue
         print(f"== {name}: {' '.join([script, *args])}", flush=True)
-        failed += subprocess.call([sys.executable, script, *args], cwd=root) != 0
+        module = script.removesuffix(".py").replace("/", ".")  # as a module: the repo root is on the path
+        failed += subprocess.call([sys.executable, "-m", module, *args], cwd=root) != 0
     return failed
 
 

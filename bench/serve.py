@@ -41,7 +41,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from retrain import features as F
+from flight_delay import features as F
+from flight_delay.serving import SERVICE_IMPORT
 from retrain.config import REPO_ROOT, Settings
 from retrain.serving import serve_argv, serve_env
 
@@ -229,7 +230,7 @@ def main() -> None:
     env = serve_env(settings, {"RETRAIN_SERVE_WORKERS": str(args.workers), **no_access})
     env.pop("RETRAIN_API_KEY", None)
     ours_port, peer_port = free_port(), free_port()
-    ours = start(serve_argv("127.0.0.1", ours_port), env, REPO_ROOT, logs / "bench-bentoml.log")
+    ours = start(serve_argv("127.0.0.1", ours_port, service=SERVICE_IMPORT), env, REPO_ROOT, logs / "bench-bentoml.log")
     peer = start([str(Path(sys.executable).parent / "feast"), "serve", "-h", "127.0.0.1", "-p", str(peer_port),
                   "--workers", str(args.workers), "--no-access-log", "--max-requests", "0"],
                  serve_env(settings), settings.feature_repo, logs / "bench-feast.log")

@@ -54,6 +54,8 @@ from bench.serve import Result, bodies, ensure_home, free_port, measure, start, 
 from retrain.config import Settings, get_settings  # noqa: E402
 from retrain.serving import serve_argv, serve_env  # noqa: E402
 
+FLIGHTS_SERVICE = "bentos.flight_delay.service:FlightDelay"
+
 USECASE = "bike_sharing"
 HEAD, OLD, BIKE = "flights HEAD", "flights OLD", "generic bike_sharing"
 PROBE = '''\
@@ -259,8 +261,8 @@ def main() -> int:
             ports = {HEAD: free_port(), OLD: free_port(), BIKE: free_port()}
             log_of = {name: logs / f"{name.replace(' ', '-')}.log" for name in ports}
             servers = {
-                HEAD: (serve_argv("127.0.0.1", ports[HEAD]), env_for(head_settings), ROOT),
-                OLD: (serve_argv("127.0.0.1", ports[OLD]),
+                HEAD: (serve_argv("127.0.0.1", ports[HEAD], service=FLIGHTS_SERVICE), env_for(head_settings), ROOT),
+                OLD: (serve_argv("127.0.0.1", ports[OLD], service=FLIGHTS_SERVICE),
                       env_for(small_settings(work / "flights-old"), old_env(tree, probe)), tree),
                 BIKE: (serve_argv("127.0.0.1", ports[BIKE], service="bentos.usecase.service:UseCaseService",
                                   args={"usecase": USECASE}), env_for(bike_settings), ROOT),

@@ -41,7 +41,8 @@ from retrain.config import Settings, get_settings
 
 def real_frame(settings: Settings, start: str, end: str, cache: Path | None = None) -> tuple[Any, float | None]:
     """The training set through the feature service; `cache` keeps it as parquet between runs."""
-    from retrain import features
+    from flight_delay import features
+    from retrain import feature_store as FS
 
     if cache is not None and cache.exists():
         meta = json.loads(cache.with_suffix(".json").read_text())
@@ -49,7 +50,7 @@ def real_frame(settings: Settings, start: str, end: str, cache: Path | None = No
         return features.TrainingSet(frame, meta["feature_names"], meta["n_flights"], meta["n_excluded"],
                                     meta["feature_service"]), None
     t0 = time.perf_counter()
-    tset = features.training_set(features.open_store(settings), settings, start, end)
+    tset = features.training_set(FS.open_store(settings), settings, start, end)
     elapsed = time.perf_counter() - t0
     if cache is not None:
         tset.frame.to_parquet(cache)
@@ -106,7 +107,7 @@ def bare(frame: pd.DataFrame, features: list[str], settings: Settings, seen: dic
 
 def ours(tset: Any, settings: Settings, start: str, end: str, sessions: Any) -> tuple[float, dict[str, Any]]:
     t0 = time.perf_counter()
-    result = train.train_version(settings, sessions, lambda s, e: tset, start, end)
+    result = train.train_version(settings, sessions, lambda s, e: tset, start, end, label="late", time_col="sched_dep")
     return time.perf_counter() - t0, result.to_dict()
 
 
@@ -116,7 +117,8 @@ def via_flow(tset: Any, settings: Settings, start: str, end: str, sessions: Any,
 
     @task
     def train_task() -> dict[str, Any]:
-        return train.train_version(settings, sessions, lambda s, e: tset, start, end).to_dict()
+        return train.train_version(settings, sessions, lambda s, e: tset, start, end, label="late",
+                                   time_col="sched_dep").to_dict()
 
     @flow(name="bench-train")
     def bench_flow() -> dict[str, Any]:

@@ -7,9 +7,9 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from flight_delay.features import refresh_feature_tables
+from flight_delay.ingest import BatchRejected, ingest_file, replay_until
 from retrain.config import get_settings
-from retrain.features import refresh_feature_tables
-from retrain.ingest import BatchRejected, ingest_file, replay_until
 from retrain.registry import open_registry
 
 

@@ -9,10 +9,10 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from retrain import clock
-from retrain.data import to_utc
 from retrain.monitor import monitoring_history, plot_history, run_monitoring
 from retrain.monitor_alerts import send_alerts
 from retrain.registry import open_registry
+from retrain.times import to_utc
 from retrain.usecase.pipeline import settings_of
 
 

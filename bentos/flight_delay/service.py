@@ -1,4 +1,4 @@
-"""The flight-delay BentoML service: a thin shell over `retrain.serving.ServingRuntime`.
+"""The flight-delay BentoML service: a thin shell over `flight_delay.serving.FlightsRuntime`.
 
 Run from the repo root (offline):  `bentoml serve bentos.flight_delay.service:FlightDelay`
 with `RETRAIN_HOME`, `BENTOML_HOME=$RETRAIN_HOME/bentoml` and `BENTOML_DO_NOT_TRACK=True` set
@@ -14,18 +14,26 @@ and `/docs.json`. With `RETRAIN_API_KEY` set, all but the health probes need the
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
+
+try:  # the use case's own package: installed with the project, or in a bento beside this folder
+    import flight_delay  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "usecases" / "flight_delay"))
 
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
+from flight_delay.serving import FlightsRuntime
+from flight_delay.serving_schema import FlightIn, PredictRequest, PredictResponse
 from retrain.config import get_settings
 from retrain.intake import IntakeUnavailable, alertmanager_intake
-from retrain.serving import ApiKeyMiddleware, NotReadyError, PinnedModel, ServingRuntime
-from retrain.serving_schema import FlightIn, ModelInfo, PredictRequest, PredictResponse
+from retrain.serving import ApiKeyMiddleware, NotReadyError, PinnedModel
+from retrain.serving_models import ModelInfo
 
 
 class BuildArgs(BaseModel):
@@ -54,7 +62,7 @@ class FlightDelay:
         if stored is not None:
             pinned = PinnedModel(tag=str(stored.tag), path=Path(stored.path_of(MODEL_FILENAME)))
         follow = args.follow if args.follow is not None else pinned is None
-        self.runtime = ServingRuntime(get_settings(), pinned=pinned, follow=follow)
+        self.runtime = FlightsRuntime(get_settings(), pinned=pinned, follow=follow)
 
     @bentoml.on_startup
     async def start(self) -> None:

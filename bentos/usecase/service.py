@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from retrain.config import Settings, base_settings
 from retrain.serving import ApiKeyMiddleware, NotReadyError, PinnedModel
-from retrain.serving_schema import ModelInfo
+from retrain.serving_models import ModelInfo
 from retrain.usecase.catalog import SHIPPED_DIR
 from retrain.usecase.request import request_models
 from retrain.usecase.serving import UseCaseRuntime, served_usecase

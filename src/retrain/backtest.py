@@ -40,8 +40,6 @@ from retrain.backtest_data import (
     BacktestInputError,
     History,
     history_from_frame,
-    history_from_training_set,
-    load_flights,
     load_table,
 )
 from retrain.backtest_results import (
@@ -54,7 +52,7 @@ from retrain.backtest_results import (
     settings_used,
 )
 from retrain.config import Settings
-from retrain.gates import GateConfig, decide
+from retrain.gates import GateConfig, day_blocks, decide
 from retrain.gates_regression import decide_regression
 from retrain.monitor import AlertSpec, monitor_frame
 from retrain.retraining import plan_windows
@@ -67,7 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BacktestInputError", "BacktestResult", "History", "PeriodRecord", "Policy", "PolicyRun", "RetrainRecord",
-    "history_from_frame", "history_from_training_set", "load_flights", "load_table", "parse_policy",
+    "history_from_frame", "load_table", "parse_policy",
     "period_bounds", "run_backtest", "with_overrides",
 ]
 
@@ -238,8 +236,10 @@ class Replay:
         labelled = [self.rows(self.bounds[k], self.bounds[k + 1], self.bounds[k + 1]).size for k in periods]
         delay_hours = float(np.median(self.label_times - self.times)) / 3.6e12 if self.times.size else 0.0
         flags = {setting: f"--{flag.replace('_', '-')}" for flag, setting in BACKTEST_FLAGS.items()}
+        times_per_day = len(np.unique(self.times)) / max(span_days, 1.0)
         problems = volume_problems(self.settings, Volume(rows=len(self.y), days=span_days,
-                                                         label_delay_hours=max(0.0, delay_hours)),
+                                                         label_delay_hours=max(0.0, delay_hours),
+                                                         times_per_day=times_per_day),
                                    monitor_rows=float(np.median(scored)) if scored else 0.0,
                                    monitor_labelled=float(np.median(labelled)) if labelled else 0.0,
                                    monitor_what=f"a {self.period} (each period is a monitoring window)",
@@ -336,12 +336,12 @@ class Replay:
         idx = self.period_rows(k)
         h = self.h
         part = h.frame.iloc[idx]
-        preds = pd.DataFrame({"flight_id": part[ROW_ID].to_numpy(), "score": self.period_scores(model, k)})
+        preds = pd.DataFrame({"entity_key": part[ROW_ID].to_numpy(), "score": self.period_scores(model, k)})
         for name in h.feature_names:
             preds[name] = part[name].to_numpy()
-        outcomes = pd.DataFrame({"flight_id": part[ROW_ID].to_numpy(),
-                                 "landed_at": part[LABEL_TIME].reset_index(drop=True),
-                                 "late": part[h.label].to_numpy()})
+        outcomes = pd.DataFrame({"entity_key": part[ROW_ID].to_numpy(),
+                                 "available_at": part[LABEL_TIME].reset_index(drop=True),
+                                 "label": part[h.label].to_numpy()})
         lo, hi = self.bounds[k].to_pydatetime(), self.bounds[k + 1].to_pydatetime()
         result = monitor_frame(model.profile, preds, outcomes, settings=self.settings,
                                model_name=self.settings.model_name, model_version=model.name, window_from=lo,
@@ -389,13 +389,14 @@ class Replay:
         slices = {c: part[c].to_numpy() for c in self.h.slice_columns}
         fs = self.h.feature_service
         services = (fs, fs) if fs else None
+        blocks = day_blocks(part[self.h.time_col], self.gate_config.block_hours)  # as the evaluator resamples
         if self.binary:
             decision = decide(y.astype(bool), chal, champ, config=self.gate_config, slices=slices or None,
-                              feature_services=services)
+                              feature_services=services, blocks=blocks)
         else:
             decision = decide_regression(y, chal, champ, config=self.gate_config,
                                          metric=self.settings.gate_regression_metric, slices=slices or None,
-                                         feature_services=services)
+                                         feature_services=services, blocks=blocks)
         rec.outcome = "promoted" if decision.promote else "rejected"
         rec.reasons = list(decision.reasons)
         rec.gates = [g.to_dict() for g in decision.gates]

@@ -1,5 +1,5 @@
-"""Backtest inputs: a labelled, time-ordered `History` from a user's CSV/parquet file or from the
-flights use case through the feature store contract (`flight_delay_v1`).
+"""Backtest inputs: a labelled, time-ordered `History` from a user's CSV/parquet file, or from a use
+case through its feature service (`retrain.usecase.history`).
 
 Every rule about the input is checked here, before any model is trained: a missing column, a time
 column that does not parse or goes backwards, a label that is not binary without `--regression`.
@@ -9,15 +9,10 @@ dropped silently.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +25,7 @@ from retrain.train import Objective
 ROW_ID = "__row_id"
 LABEL_TIME = "__label_time"
 # Column names the in-memory monitoring pass (`monitor_frame`) gives a meaning of its own.
-RESERVED = frozenset({"flight_id", "score", "model_version", "predicted_at", "landed_at", ROW_ID, LABEL_TIME})
-FLIGHTS_START = pd.Timestamp("2013-01-01", tz="UTC")
-FLIGHTS_END = pd.Timestamp("2014-01-01", tz="UTC")
-FLIGHTS_SEEN_AT = pd.Timestamp("2014-01-02", tz="UTC")  # every 2013 flight that landed has its outcome
+RESERVED = frozenset({"entity_key", "score", "model_version", "predicted_at", "available_at", ROW_ID, LABEL_TIME})
 TRUE_WORDS = frozenset({"1", "1.0", "true", "t", "yes", "y"})
 FALSE_WORDS = frozenset({"0", "0.0", "false", "f", "no", "n"})
 
@@ -49,8 +41,8 @@ class History:
     """A labelled history in time order, ready to replay.
 
     `frame` holds the features, the label (0/1 floats for binary, floats for regression), the time
-    column (UTC), `ROW_ID` and `LABEL_TIME` (when the label became known: the flight's landing, or
-    the row's time plus the label lag for files).
+    column (UTC), `ROW_ID` and `LABEL_TIME` (when the label became known: the use case's availability
+    column, or the row's time plus the label lag).
     """
 
     frame: pd.DataFrame
@@ -255,45 +247,6 @@ def load_table(path: Path, *, time_col: str, label_col: str, features: Sequence[
                               regression=regression, label_lag_hours=label_lag_hours, source=str(path))
 
 
-# ---------------------------------------------------------------------------------- flights
-
-
-def history_from_training_set(frame: pd.DataFrame, feature_names: Sequence[str], *,
-                              landed: pd.DataFrame | None = None, feature_service: str | None = None,
-                              label_lag_hours: float = 0.0, source: str = "flights") -> History:
-    """A `features.training_set(...).frame` as a History: label `late`, time `sched_dep`, labels known
-    when the flight landed (`landed`: flight_id, landed_at), slices by carrier and origin as the
-    evaluator uses."""
-    from retrain.evaluate import SLICE_COLUMNS
-
-    feats = list(feature_names)
-    need = ["flight_id", "sched_dep", "late", *feats]
-    missing = [c for c in need if c not in frame.columns]
-    if missing:
-        raise BacktestInputError(f"training set: missing column(s) {', '.join(missing)}")
-    slices = tuple(c for c in SLICE_COLUMNS if c in frame.columns)
-    times = pd.to_datetime(frame["sched_dep"], utc=True)
-    out = pd.DataFrame({ROW_ID: frame["flight_id"].astype(str).to_numpy(), "sched_dep": times.to_numpy()})
-    for name in feats:
-        out[name] = frame[name].astype("float64").to_numpy()
-    for name in slices:
-        out[name] = frame[name].astype(str).to_numpy()
-    out["late"] = frame["late"].astype("float64").to_numpy()
-    out = out.sort_values(["sched_dep", ROW_ID], kind="mergesort").reset_index(drop=True)
-    fallback = out["sched_dep"] + pd.Timedelta(hours=label_lag_hours)
-    if landed is not None:
-        when = pd.to_datetime(landed.drop_duplicates("flight_id", keep="last").set_index("flight_id")["landed_at"],
-                              utc=True)
-        mapped = pd.to_datetime(out[ROW_ID].map(when), utc=True)
-        out[LABEL_TIME] = mapped.where(mapped.notna(), fallback)
-    else:
-        out[LABEL_TIME] = fallback
-    if out.empty:
-        raise BacktestInputError("training set: no labelled flights")
-    return History(frame=out, feature_names=feats, label="late", time_col="sched_dep", objective="binary",
-                   categorical=[], source=source, slice_columns=slices, feature_service=feature_service)
-
-
 @contextmanager
 def scoped_env() -> Iterator[None]:
     """Restore os.environ afterwards (`open_store` exports the feature home's RETRAIN_HOME)."""
@@ -311,71 +264,3 @@ def _home_settings(settings: Settings, home: Path) -> Settings:
                                        "feast_registry_url": None, "database_url": None})
 
 
-def prepare_flights_home(settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
-    """Make `settings.home` hold every 2013 flight, its outcome, the feature tables and the applied
-    Feast repo; steps already done are skipped (a reused home costs nothing)."""
-    from retrain import features as F
-    from retrain.data import ReplayClock, enrich_flights, load_flights, outcomes_of
-
-    say = progress or (lambda _m: None)
-    done: dict[str, Any] = {}
-    settings.ensure_dirs()
-    if not any((settings.offline_dir / "flights").glob("part-*.parquet")):
-        say("landing the 2013 flights and outcomes")
-        flights = enrich_flights(ReplayClock(load_flights()).flights_between(None, FLIGHTS_SEEN_AT))
-        F.write_parquet_atomic(flights.reset_index(drop=True),
-                               settings.offline_dir / "flights" / "part-000001.parquet")
-        F.write_parquet_atomic(outcomes_of(flights, settings.delay_threshold_minutes),
-                               settings.offline_dir / "outcomes" / "part-000001.parquet")
-        done["landed"] = len(flights)
-    if not all((F.features_dir(settings) / f"{t}.parquet").exists() for t in F.FEATURE_TABLES) or done:
-        say("building the feature tables")
-        done["tables"] = F.refresh_feature_tables(settings)
-    if not (settings.home / "feast_registry.db").exists() or done:
-        say("applying the Feast repository")
-        F.apply_repo(settings)
-        done["applied"] = True
-    return done
-
-
-def load_flights(settings: Settings, *, feature_home: Path | None = None, start: datetime | None = None,
-                 end: datetime | None = None, progress: Progress | None = None) -> History:
-    """The flights history through `flight_delay_v1`: one point-in-time training set for the whole
-    range (fetched once; the backtest slices its windows in memory by `sched_dep`).
-
-    Without `feature_home` the year is landed into a temporary home, removed afterwards.
-    """
-    from retrain import features as F
-
-    lo = pd.Timestamp(start) if start is not None else FLIGHTS_START
-    hi = pd.Timestamp(end) if end is not None else FLIGHTS_END
-    lo = lo.tz_localize("UTC") if lo.tzinfo is None else lo.tz_convert("UTC")
-    hi = hi.tz_localize("UTC") if hi.tzinfo is None else hi.tz_convert("UTC")
-    if hi <= lo:
-        raise BacktestInputError(f"--to ({hi.isoformat()}) must be after --from ({lo.isoformat()})")
-    temp = None if feature_home is not None else Path(tempfile.mkdtemp(prefix="retrain-backtest-"))
-    home = feature_home if feature_home is not None else temp
-    assert home is not None
-    say = progress or (lambda _m: None)
-    try:
-        # Feast prints `feast apply`'s progress on stdout: keep stdout for the result (`--json`)
-        with scoped_env(), contextlib.redirect_stdout(sys.stderr):
-            hs = _home_settings(settings, home)
-            prepare_flights_home(hs, progress)
-            store = F.open_store(hs)
-            say(f"training set for [{lo.date()}, {hi.date()}) through {hs.feature_service}")
-            try:
-                ts = F.training_set(store, hs, lo, hi, progress=progress)
-            except ValueError as exc:
-                raise BacktestInputError(f"flights: {exc}") from exc
-            landed = F.landed_outcomes(hs)[["flight_id", "landed_at"]]
-        where = "temporary home" if temp is not None else str(home)
-        history = history_from_training_set(ts.frame, ts.feature_names, landed=landed,
-                                            feature_service=ts.feature_service,
-                                            source=f"flights via {ts.feature_service} ({where})")
-        if ts.n_excluded:
-            history.notes.append(f"{ts.n_excluded} flight(s) without an outcome (cancelled/diverted) left out")
-        return replace(history, n_excluded=ts.n_excluded)
-    finally:
-        if temp is not None:
-            shutil.rmtree(temp, ignore_errors=True)

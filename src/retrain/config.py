@@ -29,11 +29,12 @@ class Settings(BaseSettings):
     feast_registry_url: str | None = None
     feature_repo: Path = REPO_ROOT / "feature_repo"
 
-    usecase: str = Field(default="flight_delay", description="Active use case (a folder with a usecase.yaml).")
+    usecase: str = Field(default="", description="Active use case (a folder with a usecase.yaml); empty: the "
+                         "shipped default (the spec with `default: true`).")
     usecases_dir: Path | None = Field(default=None, description="A team's own use cases (searched before the "
                                       "shipped ones; `retrain init` writes here).")
-    model_name: str = "flight_delay"
-    feature_service: str = "flight_delay_v1"
+    model_name: str = Field(default="", description="Registry name: the active use case's (set by its spec).")
+    feature_service: str = Field(default="", description="Feast feature service: the active use case's.")
     num_threads: int = 2
     seed: int = 42
     delay_threshold_minutes: float = 15.0
@@ -58,13 +59,18 @@ class Settings(BaseSettings):
     gate_confidence: float = 0.95
     gate_slice_min_rows: int = 500
     gate_slice_tolerance: float = 0.02
+    gate_block_hours: float = Field(default=24.0, gt=0, description="The bootstrap resamples whole blocks of this "
+                                    "many hours of event time (rows of one day share its conditions), not rows.")
+    gate_min_blocks: int = Field(default=5, ge=2, description="Fewer blocks than this in the evaluation window: no "
+                                 "honest interval, no promotion (retrain_eval_days must cover them).")
     gate_latency_factor: float = 3.0
     gate_size_factor: float = 5.0
     decision_threshold: float = 0.5
 
     # serving
-    bento: str = Field(default="flight_delay", description="The service under bentos/ promotions build: "
-                       "flight_delay, or usecase (any use case with its own Feast repository).")
+    bento: str = Field(default="usecase", description="The service under bentos/ that serves the use case and "
+                       "that promotions build: usecase (the one definition for any use case with its own Feast "
+                       "repository), or a use case's own (its spec's settings name it).")
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
     serve_max_batch: int = 1000
@@ -139,7 +145,7 @@ class Settings(BaseSettings):
 
     @property
     def offline_dir(self) -> Path:
-        """Parquet offline store: landed flights, outcomes and feature tables."""
+        """Parquet offline store: landed rows, outcomes and feature tables."""
         return self.home / "offline"
 
     @property

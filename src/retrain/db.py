@@ -76,7 +76,7 @@ class IngestionBatch(Base):
 
     __tablename__ = "ingestion_batches"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), default="flights")
+    kind: Mapped[str] = mapped_column(String(32))  # what was landed: a use case's rows, or `outcomes`
     source: Mapped[str] = mapped_column(String(1024))
     content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(32))  # landed | duplicate | rejected
@@ -86,8 +86,8 @@ class IngestionBatch(Base):
     outcomes: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     landed_path: Mapped[str | None] = mapped_column(String(1024))
-    min_sched_dep: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    max_sched_dep: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    min_event_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    max_event_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -98,7 +98,7 @@ class QuarantinedRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     batch_id: Mapped[int] = mapped_column(ForeignKey("ingestion_batches.id", ondelete="CASCADE"), index=True)
     row_number: Mapped[int] = mapped_column(Integer)
-    flight_id: Mapped[str | None] = mapped_column(String(64))
+    row_key: Mapped[str | None] = mapped_column(String(64))  # the row's id, when it had a readable one
     field: Mapped[str] = mapped_column(String(64))
     rule: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
@@ -181,10 +181,10 @@ class Evaluation(Base):
 class Prediction(Base):
     """One served prediction of any use case, with the features used and the shadow challenger's score.
 
-    `entity_key` names the row the prediction is about (a flight id for flights), `event_time` the
+    `entity_key` names the row the prediction is about (the use case's event id), `event_time` the
     event it predicts (the scheduled departure), `attributes` the request's identifying fields used
-    for slicing and monitoring (e.g. carrier, origin, dest, tailnum). `score` is the probability,
-    or for regression the predicted value. Migration 0003 moved the flight columns here.
+    for slicing and monitoring (the use case's slice columns). `score` is the probability,
+    or for regression the predicted value. Migration 0003 moved the first use case's columns here.
     """
 
     __tablename__ = "predictions"
@@ -204,10 +204,10 @@ class Prediction(Base):
 
 
 class Outcome(Base):
-    """A matured label of one use case's row, known only from `available_at` on (a flight: once landed).
+    """A matured label of one use case's row, known only from `available_at` on (when the event's outcome is observed).
 
     `label` is 0/1 for a binary target, the value for regression; `detail` holds domain extras
-    (e.g. {"arr_delay": 37.0} for flights).
+    (e.g. the raw value a binary label was derived from).
     """
 
     __tablename__ = "outcomes"

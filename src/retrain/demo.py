@@ -1,12 +1,10 @@
-"""The one-command demo: replay 2013 through the whole loop with real servers.
+"""What every use case's demo shares: its state file, the servers, monitoring on the simulated
+schedule, waiting for the retrains the alerts start, and the month report.
 
-Setup ingests January–February, registers the features, trains and promotes the first champion
-(through the Prefect deployments) and starts the BentoML service. The replay then walks the
-simulated days: land what the clock released, refresh and materialize features, send the day's
-flights to `/predict` over HTTP, and run monitoring on its simulated schedule. Monitoring alerts
-travel as real Prefect events to the retrain deployment's trigger; the driver waits for the runs
-they start, so the simulation stays causal. Per-day steps call the same functions the flows call
-(a flow run per simulated day would cost more in overhead than the work).
+A use case's demo (`retrain demo`) replays its history through the whole loop with real servers:
+the use case's code walks the simulated days (land what the clock released, materialize, ask
+`/predict` over HTTP) and calls these steps. Monitoring alerts travel as real Prefect events to the
+retrain deployment's trigger; the driver waits for the runs they start, so the simulation stays causal.
 """
 
 from __future__ import annotations
@@ -23,33 +21,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
+from rich.console import Console
 
-from retrain import clock, services
+from retrain import services
 from retrain.config import Settings
 from retrain.jsonsafe import write_json_atomic
 
 Say = Callable[[str], None]
+_console = Console(stderr=True)
 STATE_FILE = "demo_state.json"
-
-
-@dataclass(frozen=True)
-class DemoPlan:
-    """The simulated calendar of a demo run."""
-
-    first_train: tuple[str, str] = ("2013-01-01", "2013-02-15")
-    first_eval: tuple[str, str] = ("2013-02-15", "2013-03-01")
-    replay_from: str = "2013-03-01"
-    replay_to: str = "2014-01-01"
-    monitor_every_days: int = 7
-    batch_size: int = 250
-
-    @classmethod
-    def quick(cls) -> DemoPlan:
-        """Two replayed months: enough for the first drift alerts and retrains."""
-        return cls(replay_to="2013-05-01")
 
 
 # The demo's retraining policy (each overridable by the same RETRAIN_* variable): weekly monitoring
@@ -89,7 +71,7 @@ class DemoState:
 
 
 def state_path(settings: Settings, usecase: str | None = None) -> Path:
-    """The flights demo's state file, or a use case's (`demo_state_<name>.json`)."""
+    """The demo's state file: the default use case's, or a named one's (`demo_state_<name>.json`)."""
     return settings.home / (STATE_FILE if usecase is None else f"demo_state_{usecase}.json")
 
 
@@ -107,47 +89,6 @@ def reset(settings: Settings) -> None:
 
 
 # ------------------------------------------------------------------------------------------- setup
-
-
-def setup(settings: Settings, plan: DemoPlan, state: DemoState, say: Say) -> None:
-    """Servers, deployments, Jan–Feb data, features and the first champion (idempotent)."""
-    from retrain.features import apply_repo, materialize_until, open_store, refresh_feature_tables
-    from retrain.ingest import replay_until
-    from retrain.registry import open_registry
-
-    start_prefect(settings, state, say)
-    if state.setup_done:
-        return
-    sessions = open_registry(settings)
-    start = utc(plan.replay_from)
-    clock.set_now(settings, start)
-    t0 = time.perf_counter()
-    say(f"ingesting January–February 2013 (replay up to {start.date()})")
-    counts = replay_until(settings, sessions, start, progress=say).counts()
-    say(f"  landed {counts}")
-    tables = refresh_feature_tables(settings, start)
-    say(f"  feature tables: {tables}")
-    say("feast apply")
-    apply_repo(settings)
-    say("materializing the online store")
-    materialize_until(open_store(settings), settings, start)
-    state.seconds["ingest_features"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    say(f"training the first model on [{plan.first_train[0]}, {plan.first_train[1]}) via the train deployment")
-    trained = run_deployment(settings, "train/train",
-                             {"window_from": plan.first_train[0], "window_to": plan.first_train[1]})
-    version = str(trained["version"])
-    say(f"evaluating {version} on [{plan.first_eval[0]}, {plan.first_eval[1]}) via the evaluate deployment")
-    outcome = run_deployment(settings, "evaluate/evaluate", {
-        "version": version, "window_from": plan.first_eval[0], "window_to": plan.first_eval[1],
-        "promote": True, "build_bento": settings.retrain_build_bento, "actor": "demo:first-champion"})
-    if outcome["decision"] != "promote":
-        raise RuntimeError(f"the first model was rejected: {outcome['reasons']}")
-    state.first_version = version
-    state.seconds["first_champion"] = round(time.perf_counter() - t0, 1)
-    state.setup_done = True
-    state.day = plan.replay_from
-    state.save(settings)
 
 
 def start_prefect(settings: Settings, state: DemoState, say: Say) -> None:
@@ -183,31 +124,6 @@ def start_service(settings: Settings, say: Say) -> None:
 # ------------------------------------------------------------------------------------------ replay
 
 
-def flight_requests(flights: pd.DataFrame) -> list[dict[str, Any]]:
-    """The `/predict` body items for released flights (schedule facts only)."""
-    tail = flights["tailnum"].astype("object")
-    return [
-        {"carrier": c, "flight": int(n), "tailnum": t if isinstance(t, str) else None, "origin": o, "dest": d,
-         "sched_dep": s.isoformat().replace("+00:00", "Z"), "distance": float(dist)}
-        for c, n, t, o, d, s, dist in zip(flights["carrier"], flights["flight"], tail, flights["origin"],
-                                          flights["dest"], pd.to_datetime(flights["sched_dep"], utc=True),
-                                          flights["distance"], strict=True)
-    ]
-
-
-def predict_day(client: httpx.Client, settings: Settings, flights: pd.DataFrame, batch: int) -> dict[str, int]:
-    """POST the day's flights in batches; returns counts per answering model version."""
-    versions: dict[str, int] = {}
-    body = flight_requests(flights)
-    headers = {"x-api-key": settings.api_key} if settings.api_key else {}
-    for i in range(0, len(body), batch):
-        resp = client.post("/predict", json={"flights": body[i:i + batch]}, headers=headers)
-        resp.raise_for_status()
-        for p in resp.json()["predictions"]:
-            versions[p["model_version"]] = versions.get(p["model_version"], 0) + 1
-    return versions
-
-
 def wait_for_retrains(settings: Settings, since: datetime, known: list[str], timeout: float = 900) -> list[str]:
     """Wait until every retrain flow run created after `since` is finished; returns their ids."""
     from prefect.client.orchestration import get_client
@@ -230,50 +146,6 @@ def wait_for_retrains(settings: Settings, since: datetime, known: list[str], tim
             if not pending or time.monotonic() > deadline:
                 return [s for s in seen if s not in known]
             time.sleep(1.0)
-
-
-def replay(settings: Settings, plan: DemoPlan, state: DemoState, say: Say,
-           progress: Callable[[int, int, str], None]) -> None:
-    """Walk the simulated days from `state.day` to `plan.replay_to`."""
-    from retrain.data import ReplayClock
-    from retrain.features import materialize_until, open_store, refresh_feature_tables
-    from retrain.ingest import replay_until
-    from retrain.registry import open_registry
-
-    sessions = open_registry(settings)
-    store = open_store(settings)
-    replay_clock = ReplayClock()
-    first, end = utc(plan.replay_from), utc(plan.replay_to)
-    day = utc(state.day or plan.replay_from)
-    total = (end - first).days
-    base = f"http://{settings.serve_host}:{settings.serve_port}"
-    last_monitor = day
-    t_replay = time.perf_counter()
-    with httpx.Client(base_url=base, timeout=120) as client:
-        while day < end:
-            nxt = day + timedelta(days=1)
-            clock.set_now(settings, day)
-            with timed(state, "ingest"):
-                replay_until(settings, sessions, day, clock=replay_clock)
-            with timed(state, "features"):
-                refresh_feature_tables(settings, nxt)
-            with timed(state, "materialize"), quiet():
-                materialize_until(store, settings, nxt)
-            with timed(state, "predict"):
-                flights = replay_clock.flights_between(day, nxt)
-                versions = predict_day(client, settings, flights, plan.batch_size)
-            if (nxt - last_monitor).days >= plan.monitor_every_days:
-                clock.set_now(settings, nxt)
-                with timed(state, "ingest"):
-                    replay_until(settings, sessions, nxt, clock=replay_clock)  # outcomes matured by then
-                with timed(state, "monitor_and_retrain"):
-                    monitor_and_retrain(settings, state, nxt, say)
-                last_monitor = nxt
-            day = nxt
-            state.day = day.date().isoformat()
-            state.seconds["replay"] = round(time.perf_counter() - t_replay, 1)
-            state.save(settings)
-            progress((day - first).days, total, f"{day.date()} served by {', '.join(sorted(versions)) or '-'}")
 
 
 @contextmanager
@@ -317,46 +189,6 @@ def monitor_and_retrain(settings: Settings, state: DemoState, now: datetime, say
 # ----------------------------------------------------------------------------------------- summary
 
 
-def monthly_table(settings: Settings, baseline_version: str) -> pd.DataFrame:
-    """Per month: AUC of what was served vs the never-retrained first model, alerts, retrains, promotions."""
-    from sqlalchemy import select
-
-    from retrain.db import Alert, ModelVersion, Prediction, Promotion
-    from retrain.metrics import roc_auc
-    from retrain.modelstore import load_booster
-    from retrain.registry import open_registry
-
-    sessions = open_registry(settings)
-    with sessions() as s:
-        preds = pd.DataFrame(s.execute(select(Prediction.entity_key, Prediction.event_time, Prediction.score,
-                                              Prediction.features, Prediction.model_version)
-                                       .where(Prediction.model_name == settings.model_name)).all(),
-                             columns=["flight_id", "sched_dep", "score", "features", "model_version"])
-        base = s.scalars(select(ModelVersion).where(ModelVersion.version == baseline_version)).one()
-        alerts = pd.DataFrame(s.execute(select(Alert.received_at, Alert.outcome)).all(),
-                              columns=["at", "outcome"])
-        promos = pd.DataFrame(s.execute(select(Promotion.created_at, Promotion.action, Promotion.alias)).all(),
-                              columns=["at", "action", "alias"])
-    from retrain.features import landed_outcomes
-
-    outcomes = landed_outcomes(settings)[["flight_id", "late"]]
-    preds = preds.drop_duplicates("flight_id", keep="last").merge(outcomes, on="flight_id")
-    booster = load_booster(settings, base.bento_model_tag, base.model_checksum)
-    names = booster.feature_name()
-    matrix = np.array([[f.get(n) if f.get(n) is not None else np.nan for n in names] for f in preds["features"]],
-                      dtype="float64")
-    preds["baseline"] = booster.predict(matrix, num_threads=settings.num_threads)
-    preds["month"] = pd.to_datetime(preds["sched_dep"], utc=True).dt.strftime("%Y-%m")
-    rows = []
-    for month, grp in preds.groupby("month"):
-        y = grp["late"].to_numpy(bool)
-        rows.append({"month": month, "flights": len(grp), "late_rate": float(y.mean()),
-                     "auc_served": roc_auc(y, grp["score"].to_numpy()),
-                     "auc_never_retrained": roc_auc(y, grp["baseline"].to_numpy()),
-                     "versions": ",".join(sorted(grp["model_version"].unique()))})
-    return add_loop_counts(pd.DataFrame(rows), alerts, promos)
-
-
 def add_loop_counts(table: pd.DataFrame, alerts: pd.DataFrame, promos: pd.DataFrame) -> pd.DataFrame:
     """Per month of `table`: alerts received, retrains run (admitted alerts), champion promotions.
 
@@ -379,14 +211,14 @@ def add_loop_counts(table: pd.DataFrame, alerts: pd.DataFrame, promos: pd.DataFr
 
 @dataclass(frozen=True)
 class ReportLabels:
-    """What a demo report says: where it goes, the metric columns, titles (defaults: the flights demo)."""
+    """What a demo report says: where it goes, the metric columns, titles."""
 
     folder: str = "demo"
     metric: str = "auc"  # columns <metric>_served and <metric>_never_retrained
     ylabel: str = "ROC AUC"
-    baseline: str = "never retrained (Jan–Feb model)"
-    title: str = "Flight delay model: served vs never retrained (green: months with promotions)"
-    heading: str = "retrain demo: 2013 replay"
+    baseline: str = "never retrained (first model)"
+    title: str = "served vs never retrained (green: months with promotions)"
+    heading: str = "retrain demo"
 
 
 def write_report(settings: Settings, table: pd.DataFrame, state: DemoState,
@@ -424,3 +256,45 @@ def write_report(settings: Settings, table: pd.DataFrame, state: DemoState,
         f"<img src='{png.name}' alt='{lab.ylabel} by month'>"
         f"{table.to_html(index=False, float_format=lambda v: f'{v:.4f}')}</body></html>")
     return html
+
+
+class replay_progress:  # noqa: N801 - used as a context manager, reads like one
+    """A rich progress bar for the replay; `say` prints above it, calling it updates it."""
+
+    def __enter__(self) -> replay_progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("[bold]replay"), BarColumn(), TextColumn("{task.completed}/{task.total} days"),
+                            TimeElapsedColumn(), TextColumn("{task.description}"), console=_console)
+        self.bar.__enter__()
+        self.task = self.bar.add_task("", total=1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def say(self, message: str) -> None:
+        self.bar.console.print(message)
+
+    def __call__(self, done: int, total: int, text: str) -> None:
+        self.bar.update(self.task, completed=done, total=total, description=text)
+
+
+def finish(settings: Settings, report: Path, seconds: dict[str, float], exit_after: bool) -> None:
+    """Report path, timings, where to look; then wait for Ctrl-C unless --exit."""
+    import signal
+
+    _console.print(f"report: {report}")
+    _console.print(f"timings (s): {seconds}")
+    _console.print(f"Prefect UI: http://127.0.0.1:{settings.prefect_port}   "
+                  f"service docs: http://{settings.serve_host}:{settings.serve_port}/")
+    if exit_after:
+        return
+    _console.print("servers stay up; Ctrl-C stops them")
+    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+def stop_all(settings: Settings) -> None:
+    """Stop the service, the worker and the Prefect server."""
+    for name in ("bentoml", "prefect-worker", "prefect-server"):
+        services.stop(settings, name)

@@ -1,4 +1,4 @@
-"""`retrain demo --usecase NAME`: the flights demo's loop for a use case with its own Feast repository.
+"""`retrain demo --usecase NAME`: the demo loop for a use case with its own Feast repository.
 
 Same shape and the same pieces as `retrain.demo` (servers and deployments, the simulated clock, HTTP
 predictions, monitoring runs whose alerts start the retrain deployment through its event trigger, the
@@ -97,7 +97,7 @@ def prediction_offset(spec: UseCaseSpec) -> timedelta:
 
 def setup(spec: UseCaseSpec, settings: Settings, plan: UseCasePlan, state: DemoState, say: Say) -> None:
     """Servers and deployments, the history landed + applied + materialized, the first champion."""
-    from retrain.features import materialize_until
+    from retrain.feature_store import materialize_until
     from retrain.registry import open_registry
     from retrain.usecase import featurestore, landing
 
@@ -135,8 +135,8 @@ def pipeline(spec: UseCaseSpec, settings: Settings) -> Pipeline:
 
 
 def first_champion(pipe: Pipeline, plan: UseCasePlan, say: Say) -> str:
-    """Train and evaluate (promote) the first model in-process: the train and evaluate deployments run the
-    flights' pipeline only; the retrain deployment, which the replay's alerts start, runs any use case."""
+    """Train and evaluate (promote) the first model in-process, through the same pipeline the retrain
+    deployment (which the replay's alerts start) runs for this use case."""
     a, b = plan.first_train
     say(f"training the first {pipe.spec.name} model on [{a}, {b})")
     version = pipe.train(utc(a), utc(b))
@@ -189,7 +189,7 @@ def predict(client: httpx.Client, settings: Settings, body: list[dict[str, Any]]
 def replay(spec: UseCaseSpec, settings: Settings, plan: UseCasePlan, state: DemoState, say: Say,
            progress: Callable[[int, int, str], None]) -> None:
     """Walk the simulated days from `state.day` to `plan.replay_to` (see the module doc for the order)."""
-    from retrain.features import materialize_until
+    from retrain.feature_store import materialize_until
     from retrain.registry import open_registry
     from retrain.usecase import featurestore, landing
 

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from retrain import registry
 from retrain.config import Settings
 from retrain.db import Evaluation, ModelVersion
-from retrain.gates import Decision, GateConfig, GateResult, ServingStats, SliceResult, decide
+from retrain.gates import Decision, GateConfig, GateResult, ServingStats, SliceResult, day_blocks, decide
 from retrain.gates_regression import decide_regression
 from retrain.train import FrameProvider
 
@@ -41,7 +41,6 @@ __all__ = ["Decision", "EvaluationOutcome", "EvaluationRefused", "GateConfig", "
            "SliceResult", "decide", "default_window", "evaluate_version", "measure_latency_ms"]
 
 log = logging.getLogger(__name__)
-SLICE_COLUMNS = ("carrier", "origin")
 
 
 class EvaluationRefused(ValueError):
@@ -150,7 +149,7 @@ def _load(settings: Settings, mv: ModelVersion) -> lgb.Booster:
 
 
 def _utc(value: datetime | str) -> datetime:
-    from retrain.data import to_utc
+    from retrain.times import to_utc
 
     return to_utc(value).to_pydatetime()
 
@@ -218,8 +217,9 @@ def evaluate_version(
     feature_migration: str | None = None,
     latency_samples: int = 200,
     write_report: bool = True,
-    label: str = "late",
-    slice_columns: tuple[str, ...] = SLICE_COLUMNS,
+    label: str,
+    slice_columns: tuple[str, ...] = (),
+    time_col: str | None = None,
 ) -> EvaluationOutcome:
     """Score challenger `version` and the champion on one fresh window, decide, record, maybe act.
 
@@ -248,7 +248,7 @@ def evaluate_version(
         return _evaluate(settings, sessions, challenger, champion, frame_provider, start, end, act=act,
                          build_bento=build_bento, bento_builder=background.result if background else bento_builder,
                          actor=actor, feature_migration=feature_migration, latency_samples=latency_samples,
-                         write_report=write_report, label=label, slice_columns=slice_columns)
+                         write_report=write_report, label=label, slice_columns=slice_columns, time_col=time_col)
     finally:
         if background is not None:
             background.cancel()  # no-op when the promotion claimed the bento
@@ -258,7 +258,7 @@ def _evaluate(settings: Settings, sessions: sessionmaker[Session], challenger: M
               champion: ModelVersion | None, frame_provider: FrameProvider, start: datetime, end: datetime, *,
               act: bool, build_bento: bool | None, bento_builder: BentoBuilder | None, actor: str,
               feature_migration: str | None, latency_samples: int, write_report: bool, label: str,
-              slice_columns: tuple[str, ...]) -> EvaluationOutcome:
+              slice_columns: tuple[str, ...], time_col: str | None) -> EvaluationOutcome:
     from retrain import promotion, reports
 
     config = GateConfig.from_settings(settings)
@@ -288,13 +288,15 @@ def _evaluate(settings: Settings, sessions: sessionmaker[Session], challenger: M
         serving = ServingStats(lat[0], challenger.model_size_bytes, lat[1], champion.model_size_bytes)
         services = (challenger.feature_service, champion.feature_service)
     slices = {c: frame[c].to_numpy() for c in slice_columns if c in frame.columns}
+    # rows of one block of event time share its conditions: resample whole blocks (gate_block_hours)
+    blocks = day_blocks(frame[time_col], config.block_hours) if time_col and time_col in frame.columns else None
     if regression:
         decision = decide_regression(y, chal_scores, champ_scores, config=config,
                                      metric=settings.gate_regression_metric, slices=slices, serving=serving,
-                                     feature_services=services, migration=feature_migration)
+                                     feature_services=services, migration=feature_migration, blocks=blocks)
     else:
         decision = decide(y, chal_scores, champ_scores, config=config, slices=slices, serving=serving,
-                          feature_services=services, migration=feature_migration)
+                          feature_services=services, migration=feature_migration, blocks=blocks)
     extra = {"window_rows": len(frame), "feature_migration": feature_migration}
 
     data = reports.ReportData(settings.model_name, challenger.version, champion.version if champion else None,

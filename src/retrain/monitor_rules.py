@@ -80,7 +80,7 @@ class MonitoringResult:
     as_of: datetime
     n_predictions: int  # all logged predictions in the window (data drift)
     n_scored: int  # predictions by the monitored version (prediction drift, performance)
-    n_labelled: int  # of those, flights whose label had matured by as_of
+    n_labelled: int  # of those, rows whose label had matured by as_of
     features: dict[str, FeatureDrift]
     prediction: FeatureDrift | None
     performance: Performance | None
@@ -242,7 +242,7 @@ def monitor_arrays(
     matured values instead of AUC/ECE on matured 0/1 labels).
 
     `columns` maps each profiled feature to its window values (all predictions); `scores` are the
-    monitored version's scores, one per flight, and `labels` their matured labels (NaN = not known
+    monitored version's scores, one per row, and `labels` their matured labels (NaN = not known
     by `as_of`: such rows never count in performance).
     """
     ref_features: Mapping[str, Any] = profile.get("features") or {}
@@ -270,29 +270,32 @@ def monitor_arrays(
 
 
 def matured_labels(predictions: pd.DataFrame, outcomes: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
-    """One row per flight (its latest prediction) with `label` = late if landed by `as_of`, else NaN."""
-    need = {"flight_id", "score"}
+    """One row per entity key (its latest prediction) with its `label` if known by `as_of`, else NaN.
+
+    predictions: entity_key, score[, predicted_at]; outcomes: entity_key, available_at, label.
+    """
+    need = {"entity_key", "score"}
     if missing := need - set(predictions.columns):
         raise ValueError(f"predictions: missing columns {sorted(missing)}")
-    if missing := {"flight_id", "landed_at", "late"} - set(outcomes.columns):
+    if missing := {"entity_key", "available_at", "label"} - set(outcomes.columns):
         raise ValueError(f"outcomes: missing columns {sorted(missing)}")
-    preds = predictions[["flight_id", "score"] + (["predicted_at"] if "predicted_at" in predictions else [])]
+    preds = predictions[["entity_key", "score"] + (["predicted_at"] if "predicted_at" in predictions else [])]
     if "predicted_at" in preds.columns:
         preds = preds.sort_values("predicted_at", kind="stable")
-    preds = preds.drop_duplicates("flight_id", keep="last")
-    landed = pd.to_datetime(outcomes["landed_at"], utc=True)
-    matured = outcomes.loc[landed <= pd.Timestamp(require_utc(as_of)), ["flight_id", "late"]]
-    matured = matured.drop_duplicates("flight_id", keep="last")
-    joined = preds.merge(matured, on="flight_id", how="left")
-    joined["label"] = joined["late"].astype(float)
-    return joined.drop(columns=["late"])
+    preds = preds.drop_duplicates("entity_key", keep="last")
+    known = pd.to_datetime(outcomes["available_at"], utc=True)
+    matured = outcomes.loc[known <= pd.Timestamp(require_utc(as_of)), ["entity_key", "label"]]
+    matured = matured.drop_duplicates("entity_key", keep="last")
+    joined = preds.merge(matured, on="entity_key", how="left")
+    joined["label"] = joined["label"].astype(float)
+    return joined
 
 
 def performance_metrics(predictions: pd.DataFrame, outcomes: pd.DataFrame, as_of: datetime,
                         model_version: str | None = None) -> Performance:
     """AUC, log loss, Brier and calibration counting only labels that matured by `as_of`.
 
-    predictions: flight_id, predicted_at, score[, model_version]; outcomes: flight_id, landed_at, late.
+    predictions: entity_key, predicted_at, score[, model_version]; outcomes: entity_key, available_at, label.
     """
     if model_version is not None and "model_version" in predictions.columns:
         predictions = predictions[predictions["model_version"] == model_version]
@@ -316,7 +319,7 @@ def monitor_frame(
 ) -> MonitoringResult:
     """`monitor_arrays` over DataFrames (the backtest's entry point; no database).
 
-    `predictions` holds flight_id, score, feature columns and optionally predicted_at/model_version.
+    `predictions` holds entity_key, score, feature columns and optionally predicted_at/model_version.
     A profiled feature absent from `predictions` counts as missing in every row (so it drifts).
     """
     scored = predictions

@@ -2,10 +2,9 @@
 
 Layout under `settings.offline_dir`:
 
-    flights/part-<batch_id>.parquet    landed flights (contract columns + flight_id, sched_dep,
-                                       landed_at, batch_id, batch_row)
-    outcomes/part-<batch_id>.parquet   matured outcomes (flight_id, sched_dep, landed_at, arr_delay,
-                                       late, batch_id)
+    <table>/part-<batch_id>.parquet    a use case's landed rows (its contract's columns, its id and
+                                       event time, batch_id, batch_row)
+    outcomes/part-<batch_id>.parquet   matured outcomes (id, event time, when known, label, batch_id)
 
 Parts are written atomically (temp file in the same directory, fsync, `os.replace`), so a reader
 sees a whole part or none. Temp files start with "." and never match `part-*.parquet`.
@@ -27,12 +26,11 @@ import pyarrow.dataset as ds
 
 from retrain.config import Settings
 
-FLIGHTS = "flights"
 OUTCOMES = "outcomes"
 
 
 def table_dir(settings: Settings, table: str) -> Path:
-    """Directory of one landed table (`flights` or `outcomes`)."""
+    """Directory of one landed table (a use case's rows, or `outcomes`)."""
     return settings.offline_dir / table
 
 
@@ -105,7 +103,7 @@ def remember(cache: dict[K, V], key: K, value: V, entries: int = 8) -> None:
         del cache[next(iter(cache))]
 
 
-def parts_fingerprint(settings: Settings, tables: Sequence[str] = (FLIGHTS, OUTCOMES)) -> str:
+def parts_fingerprint(settings: Settings, tables: Sequence[str]) -> str:
     """Names of every landed part of `tables` (parts are immutable: same names, same rows)."""
     names = [f"{t}/{p.name}" for t in tables for p in all_parts(settings, t)]
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
@@ -122,7 +120,7 @@ def all_parts(settings: Settings, table: str) -> list[Path]:
 
 
 def read_table(settings: Settings, table: str, columns: Sequence[str] | None = None) -> pd.DataFrame | None:
-    """All landed rows of `flights` or `outcomes` (None when nothing landed yet)."""
+    """All landed rows of one table (None when nothing landed yet)."""
     return read_parts(all_parts(settings, table), columns)
 
 

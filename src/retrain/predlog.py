@@ -4,9 +4,8 @@ The request path only appends to an in-memory buffer (`submit`); a background ta
 it every `serve_log_flush_seconds`, lets a hook add the shadow challenger's scores, and inserts the
 rows in one transaction. When the database write fails, the batch is written to a spill file under
 `RETRAIN_HOME/spill/` (temp file + fsync + atomic rename, one sealed file per batch), and later
-flushes replay the spill files once the database answers again. Spill files written in the
-flight-only layout of before migration 0003 (flight_id, sched_dep, carrier, ...) replay too: their
-rows are mapped to entity_key, event_time and attributes. Nothing is dropped:
+flushes replay the spill files once the database answers again. Spill files written in the layout
+of before migration 0003 replay too (`migrations.legacy_rows`). Nothing is dropped:
 
 - a spill file is claimed by renaming it (one worker wins), inserted in one transaction, then
   deleted; a failed replay renames it back. A claim left by a dead process is released at start.
@@ -40,6 +39,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from retrain.db import Prediction, transaction
+from retrain.migrations.legacy_rows import upgrade_spill_row
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ CLAIM_MARK = ".claimed-"
 DATETIME_COLUMNS = ("predicted_at", "event_time")
 COLUMNS = ("request_id", "model_name", "model_version", "predicted_at", "entity_key", "event_time", "attributes",
            "features", "missing_features", "score", "shadow_version", "shadow_score")
-# Spill files written before migration 0003 hold flight rows: flight_id, sched_dep and these columns.
-LEGACY_ATTRIBUTES = ("carrier", "origin", "dest", "tailnum")
 
 
 @dataclass
@@ -116,19 +114,8 @@ def _encode(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _upgrade_legacy(row: dict[str, Any]) -> dict[str, Any]:
-    """A spill row of the flight-only layout (before migration 0003) in the generic layout."""
-    if "entity_key" in row or "flight_id" not in row:
-        return row
-    out = {k: v for k, v in row.items() if k not in ("flight_id", "sched_dep", *LEGACY_ATTRIBUTES)}
-    out["entity_key"] = row["flight_id"]
-    out["event_time"] = row.get("sched_dep")
-    out["attributes"] = {k: row[k] for k in LEGACY_ATTRIBUTES if k in row}
-    return out
-
-
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    row = _upgrade_legacy(row)
+    row = upgrade_spill_row(row)
     out = {k: row.get(k) for k in COLUMNS}
     if out["attributes"] is None:
         out["attributes"] = {}

@@ -90,20 +90,29 @@ def prefect_worker_spec(settings: Settings) -> ServiceSpec:
                        argv=[bin_path("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"])
 
 
-FLIGHTS_SERVICE = "bentos.flight_delay.service:FlightDelay"
-USECASE_SERVICE = "bentos.usecase.service:UseCaseService"  # = retrain.usecase.serving.SERVICE_IMPORT
+def bento_service(settings: Settings) -> str:
+    """The service import path of the use case's bento (`service:` in bentos/<bento>/bentofile.yaml)."""
+    import yaml
+
+    from retrain.promotion import BENTOS
+
+    bentofile = BENTOS / settings.bento / "bentofile.yaml"
+    try:
+        service = yaml.safe_load(bentofile.read_text(encoding="utf-8")).get("service")
+    except (OSError, AttributeError, yaml.YAMLError) as exc:
+        raise RuntimeError(f"bento {settings.bento!r}: cannot read {bentofile} (setting `bento`): {exc}") from exc
+    if not isinstance(service, str) or ":" not in service:
+        raise RuntimeError(f"{bentofile}: `service` must be 'module:Class'")
+    return service
 
 
 def bento_spec(settings: Settings) -> ServiceSpec:
-    """`bentoml serve` of the active use case: the flights' own service, or the generic use-case service
-    (`settings.bento == "usecase"`: a use case with its own Feast repository) with `--arg usecase=NAME`."""
-    argv = [bin_path("bentoml"), "serve"]
-    env: dict[str, str] = {}
+    """`bentoml serve` of the active use case's bento: the one use-case service definition
+    (`settings.bento == "usecase"`, with `--arg usecase=NAME`) or the use case's own."""
+    argv = [bin_path("bentoml"), "serve", bento_service(settings)]
     if settings.bento == "usecase":
-        argv += [USECASE_SERVICE, "--arg", f"usecase={settings.usecase}"]
-        env["RETRAIN_USECASE"] = settings.usecase  # the workers' settings are the served use case's
-    else:
-        argv.append(FLIGHTS_SERVICE)
+        argv += ["--arg", f"usecase={settings.usecase}"]
+    env = {"RETRAIN_USECASE": settings.usecase}  # the workers' settings are the served use case's
     return ServiceSpec(
         name="bentoml",
         argv=[*argv, "--host", settings.serve_host, "--port", str(settings.serve_port)],

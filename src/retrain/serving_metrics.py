@@ -24,12 +24,12 @@ class ServingMetrics:
     """The metric objects (prometheus_client types, kept as Any to keep the import lazy)."""
 
     request_latency: Any  # Histogram: seconds per /predict request (features + model + response)
-    batch_size: Any  # Histogram: flights per request
+    batch_size: Any  # Histogram: rows per request
     predictions: Any  # Counter{model_version}
     shadow_predictions: Any  # Counter{model_version}
     feature_values: Any  # Counter: feature values looked up
     feature_values_missing: Any  # Counter: of those, missing (null in the online store)
-    flights_with_missing: Any  # Counter: flights with at least one missing feature
+    rows_with_missing: Any  # Counter: rows with at least one missing feature
     log_written: Any  # Counter: prediction-log rows inserted directly
     log_spilled: Any  # Counter: rows written to the spill file because the database failed
     log_replayed: Any  # Counter: spilled rows later inserted
@@ -46,16 +46,16 @@ def serving_metrics() -> ServingMetrics:
     return ServingMetrics(
         request_latency=Histogram("retrain_predict_latency_seconds", "Latency of /predict requests.",
                                   buckets=LATENCY_BUCKETS),
-        batch_size=Histogram("retrain_predict_batch_flights", "Flights per /predict request.",
+        batch_size=Histogram("retrain_predict_batch_rows", "Rows per /predict request.",
                              buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)),
-        predictions=Counter("retrain_predictions", "Flights scored, by model version.", ["model_version"]),
-        shadow_predictions=Counter("retrain_shadow_predictions", "Flights scored in shadow by the challenger.",
+        predictions=Counter("retrain_predictions", "Rows scored, by model version.", ["model_version"]),
+        shadow_predictions=Counter("retrain_shadow_predictions", "Rows scored in shadow by the challenger.",
                                    ["model_version"]),
         feature_values=Counter("retrain_feature_values", "Model input values looked up in the online store."),
         feature_values_missing=Counter("retrain_feature_values_missing",
                                        "Model input values the online store had no value for."),
-        flights_with_missing=Counter("retrain_flights_with_missing_features",
-                                     "Flights scored with at least one missing feature."),
+        rows_with_missing=Counter("retrain_rows_with_missing_features",
+                                  "Rows scored with at least one missing feature."),
         log_written=Counter("retrain_predlog_written_rows", "Prediction-log rows inserted on first try."),
         log_spilled=Counter("retrain_predlog_spilled_rows",
                             "Prediction-log rows spilled to a local file (database unavailable)."),

@@ -35,11 +35,11 @@ def ingestion_summary(settings: Settings, sessions: sessionmaker[Session]) -> di
             )
         }
         landed = (b.status == "landed")
-        flights_row = session.execute(
+        rows = session.execute(  # the rows batches (any use case's), not the outcome batches
             select(
                 func.coalesce(func.sum(b.received), 0), func.coalesce(func.sum(b.accepted), 0),
-                func.coalesce(func.sum(b.quarantined), 0), func.min(b.min_sched_dep), func.max(b.max_sched_dep),
-            ).where(landed, b.kind == "flights")
+                func.coalesce(func.sum(b.quarantined), 0), func.min(b.min_event_time), func.max(b.max_event_time),
+            ).where(landed, b.kind != "outcomes")
         ).one()
         outcomes = session.scalar(select(func.coalesce(func.sum(b.outcomes), 0)).where(landed)) or 0
         quarantined_rows = session.scalar(select(func.count()).select_from(QuarantinedRow)) or 0
@@ -56,12 +56,12 @@ def ingestion_summary(settings: Settings, sessions: sessionmaker[Session]) -> di
     return {
         "batches": sum(by_status.values()),
         "batches_by_status": by_status,
-        "rows_received": int(flights_row[0]),
-        "rows_landed": int(flights_row[1]),
+        "rows_received": int(rows[0]),
+        "rows_landed": int(rows[1]),
         "rows_quarantined": int(quarantined_rows),
         "outcomes_recorded": int(outcomes),
-        "earliest_sched_dep": _iso(flights_row[3]),
-        "latest_sched_dep": _iso(flights_row[4]),
+        "earliest_event_time": _iso(rows[3]),
+        "latest_event_time": _iso(rows[4]),
         "top_quarantine_reasons": top_reasons,
         "last_batch": None if last is None else {
             "batch_id": last.id, "kind": last.kind, "status": last.status, "source": last.source,

@@ -182,8 +182,8 @@ def fit(
     frame: pd.DataFrame,
     feature_names: Sequence[str],
     *,
-    label: str = "late",
-    time_col: str = "sched_dep",
+    label: str,
+    time_col: str,
     objective: Objective = "binary",
     params: Mapping[str, Any] | None = None,
     seed: int = 42,
@@ -296,21 +296,6 @@ class TrainedVersion:
         }
 
 
-def feast_frame_provider(settings: Settings, *, shared: bool = False) -> FrameProvider:
-    """Training sets through the feature service (`features.training_set`).
-
-    One store per provider, or with `shared` the process's shared store (`features.shared_store`).
-    """
-    from retrain import features
-
-    store = features.shared_store(settings) if shared else features.open_store(settings)
-
-    def provide(start: datetime, end: datetime) -> TrainingSetLike:
-        return features.training_set(store, settings, start, end)
-
-    return provide
-
-
 def reference_profile(settings: Settings, result: TrainResult, label: str,
                       frame: pd.DataFrame | None = None, *, regression: bool = False) -> dict[str, Any]:
     """The monitoring baseline: feature distributions over the whole training window (`frame`),
@@ -336,7 +321,7 @@ def reference_profile(settings: Settings, result: TrainResult, label: str,
 
 
 def _window(start: datetime | str, end: datetime | str) -> tuple[datetime, datetime]:
-    from retrain.data import to_utc
+    from retrain.times import to_utc
 
     lo, hi = to_utc(start).to_pydatetime(), to_utc(end).to_pydatetime()
     if hi <= lo:
@@ -351,8 +336,8 @@ def train_version(
     start: datetime | str,
     end: datetime | str,
     *,
-    label: str = "late",
-    time_col: str = "sched_dep",
+    label: str,
+    time_col: str,
     objective: Objective = "binary",
 ) -> TrainedVersion:
     """Build the training set for [start, end), fit, save to the model store, register a candidate.

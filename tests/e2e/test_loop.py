@@ -139,9 +139,11 @@ class Loop:
 
 def build_home(settings: Settings) -> str:
     """Jan–Feb 2013 through the ingest path, features, `feast apply`, online store, an early champion."""
-    from retrain import features as F
-    from retrain.ingest import replay_until
-    from retrain.train import feast_frame_provider, train_version
+    from flight_delay import features as F
+    from flight_delay.ingest import replay_until
+    from flight_delay.pipeline import frame_provider
+    from retrain import feature_store as FS
+    from retrain.train import train_version
 
     settings.ensure_dirs()
     settings.export_env()
@@ -150,8 +152,9 @@ def build_home(settings: Settings) -> str:
     replay_until(settings, sessions, NOW)
     F.refresh_feature_tables(settings, NOW)
     F.apply_repo(settings)
-    F.materialize_until(F.open_store(settings), settings, NOW)
-    first = train_version(settings, sessions, feast_frame_provider(settings), *CHAMPION_WINDOW)
+    FS.materialize_until(FS.open_store(settings), settings, NOW)
+    first = train_version(settings, sessions, frame_provider(settings, shared=False), *CHAMPION_WINDOW,
+                          label="late", time_col="sched_dep")
     registry.promote(sessions, first.version, reason="e2e loop fixture: first champion", actor="tests")
     return first.version
 

@@ -31,9 +31,9 @@ from tests.support.serving_home import (
     wait_for,
 )
 
+from flight_delay.features import MODEL_FEATURES
 from retrain import modelstore, registry
 from retrain.db import ModelVersion, Prediction
-from retrain.features import MODEL_FEATURES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -60,7 +60,7 @@ class UseCaseStack:
 
 def build_home(settings: Settings) -> tuple[str, str]:
     """Bike hours landed to NOW, `feast apply`, online store to NOW, champion; a flights champion row."""
-    from retrain.features import materialize_until
+    from retrain.feature_store import materialize_until
     from retrain.usecase import featurestore, landing
     from retrain.usecase.pipeline import Pipeline, settings_of
 
@@ -191,7 +191,7 @@ def test_a_usecase_made_by_init_runs_the_same_loop(stack: UseCaseStack) -> None:
     from retrain import events
     from retrain.config import base_settings
     from retrain.demo_usecase import request_rows
-    from retrain.features import materialize_until
+    from retrain.feature_store import materialize_until
     from retrain.usecase import featurestore, landing
     from retrain.usecase.pipeline import Pipeline, settings_of
     from retrain.usecase.scaffold import init_usecase

@@ -9,20 +9,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from tests.support.feature_home import build_feature_home
+from tests.support.flights import flight_settings
 
+from flight_delay import features as F
+from flight_delay.history import load_history
 from retrain import backtest
-from retrain import features as F
-from retrain.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_flights_backtest_reads_the_feature_service_and_replays_weekly(tmp_path: Path) -> None:
-    home = build_feature_home(Settings(home=tmp_path / "features"))
+    home = build_feature_home(flight_settings(home=tmp_path / "features"))
     env_before = dict(os.environ)
-    settings = Settings(home=tmp_path / "app", num_threads=1, num_boost_round=60, early_stopping_rounds=10,
+    settings = flight_settings(home=tmp_path / "app", num_threads=1, num_boost_round=60, early_stopping_rounds=10,
                         retrain_train_days=21, retrain_eval_days=7, eval_min_rows=500, gate_slice_min_rows=300)
-    history = backtest.load_flights(settings, feature_home=home.settings.home,
+    history = load_history(settings, feature_home=home.settings.home,
                                     end=pd.Timestamp("2013-03-01", tz="UTC"))
     assert dict(os.environ) == env_before
     assert history.feature_service == "flight_delay_v1" and history.feature_names == F.MODEL_FEATURES

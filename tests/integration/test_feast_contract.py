@@ -27,10 +27,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from tests.support.feature_home import FeatureHome, build_feature_home, feast_env
+from tests.support.flights import flight_settings
 
-from retrain import features as F
+from flight_delay import features as F
+from flight_delay.data import load_flights, load_weather
+from retrain import feature_store as FS
 from retrain.config import REPO_ROOT, Settings
-from retrain.data import load_flights, load_weather
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -56,13 +58,13 @@ FEAST = Path(sys.executable).with_name("feast")
 @pytest.fixture(scope="session")
 def feature_home(tmp_path_factory: pytest.TempPathFactory) -> FeatureHome:
     """Jan-Feb 2013 landed as seen at 2013-03-01 00:00 UTC, tables refreshed, `feast apply` done."""
-    return build_feature_home(Settings(home=tmp_path_factory.mktemp("feast_home")))
+    return build_feature_home(flight_settings(home=tmp_path_factory.mktemp("feast_home")))
 
 
 @pytest.fixture(scope="session")
 def store(feature_home: FeatureHome) -> FeatureStore:
     with feast_env(feature_home.settings):
-        return F.open_store(feature_home.settings)
+        return FS.open_store(feature_home.settings)
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +142,7 @@ def request_features_from_raw(flights: pd.DataFrame) -> pd.DataFrame:
 
 def check_online_equals_historical(home: FeatureHome, settings: Settings, store: FeatureStore) -> None:
     """Materialize up to ONLINE_AT, then compare online and historical values for the next hour."""
-    F.materialize(store, SEED_START, ONLINE_AT)
+    FS.materialize(store, SEED_START, ONLINE_AT)
     fl = home.flights
     fl = fl[(fl["sched_dep"] >= ONLINE_AT) & (fl["sched_dep"] < ONLINE_AT + pd.Timedelta(hours=1))]
     fl = fl.reset_index(drop=True)
@@ -269,7 +271,7 @@ def test_online_equals_historical_postgres_redis(feature_home: FeatureHome, prod
     settings = production_settings
     with feast_env(settings):
         F.apply_repo(settings)
-        store = F.open_store(settings)
+        store = FS.open_store(settings)
     assert store.config.online_store.type == "redis"
     assert store.config.registry.path.startswith("postgresql")
     check_online_equals_historical(feature_home, settings, store)
@@ -288,7 +290,7 @@ def copy_home(feature_home: FeatureHome, home: Path) -> Settings:
     """A fresh home holding the same landed data and feature tables (no registry, no online store)."""
     home.mkdir()
     shutil.copytree(feature_home.settings.offline_dir, home / "offline")
-    return Settings(home=home)
+    return flight_settings(home=home)
 
 
 def test_feast_cli_apply_and_materialize_incremental(feature_home: FeatureHome, tmp_path: Path) -> None:
@@ -305,7 +307,7 @@ def test_feast_cli_apply_and_materialize_incremental(feature_home: FeatureHome, 
     run = feast_cli("apply", home=home)
     assert run.returncode == 0, run.stderr[-2000:]
     with feast_env(settings):
-        store = F.open_store(settings)
+        store = FS.open_store(settings)
     assert {v.name for v in store.list_feature_views()} == {v for v, _, _ in VIEWS.values()}
     assert [s.name for s in store.list_feature_services()] == ["flight_delay_v1"]
     assert [v.name for v in store.list_on_demand_feature_views()] == ["request_time_features"]
@@ -314,7 +316,7 @@ def test_feast_cli_apply_and_materialize_incremental(feature_home: FeatureHome, 
     store.materialize_incremental(end_date=ONLINE_AT.to_pydatetime())
     assert set(online_entities(home).values()) == {0}
 
-    F.materialize(store, SEED_START, ONLINE_AT)
+    FS.materialize(store, SEED_START, ONLINE_AT)
     seeded = online_entities(home)
     # bucketed keys: one online entity per (origin, hour), (carrier, day) and (route, day) in the window
     def rows_in_window(table: str) -> int:
@@ -344,9 +346,9 @@ def test_materialize_until_seeds_after_a_premature_incremental(feature_home: Fea
     settings = copy_home(feature_home, tmp_path / "premature_home")
     with feast_env(settings):
         F.apply_repo(settings)
-        store = F.open_store(settings)
+        store = FS.open_store(settings)
     store.materialize_incremental(end_date=ONLINE_AT.to_pydatetime())  # e.g. a user's `feast` command
-    F.materialize_until(store, settings, ONLINE_AT)
+    FS.materialize_until(store, settings, ONLINE_AT)
     fl = feature_home.flights
     fl = fl[(fl["sched_dep"] >= ONLINE_AT) & (fl["sched_dep"] < ONLINE_AT + pd.Timedelta(hours=1))]
     online = F.online_features(store, F.service(store), fl.reset_index(drop=True))
@@ -373,11 +375,11 @@ def test_materialize_until_skips_views_with_nothing_newer(feature_home: FeatureH
     settings = copy_home(feature_home, tmp_path / "skip_home")
     with feast_env(settings):
         F.apply_repo(settings)
-        store = F.open_store(settings)
-    first = F.materialize_until(store, settings, ONLINE_AT)
+        store = FS.open_store(settings)
+    first = FS.materialize_until(store, settings, ONLINE_AT)
     assert sorted(first["seeded"]) == ["carrier_stats", "plane_attributes", "route_stats", "weather_hourly"]
     later = ONLINE_AT + pd.Timedelta(hours=30)
-    second = F.materialize_until(store, settings, later)
+    second = FS.materialize_until(store, settings, later)
     assert second["up_to_date"] == ["plane_attributes"]
     assert sorted(second["incremental"]) == ["carrier_stats", "route_stats", "weather_hourly"]
     fl = feature_home.flights
@@ -385,7 +387,7 @@ def test_materialize_until_skips_views_with_nothing_newer(feature_home: FeatureH
     online = F.online_features(store, F.service(store), fl)
     assert len(fl) > 10 and online["plane_seats"].notna().mean() > 0.7  # still served from the seed
     assert online["carrier_late_rate_7d"].notna().all() and online["temp"].notna().mean() > 0.9
-    assert F.materialize_until(store, settings, later)["incremental"] == []  # nothing left to do
+    assert FS.materialize_until(store, settings, later)["incremental"] == []  # nothing left to do
 
 
 def test_training_features_equal_feasts_own_on_demand_path(feature_home: FeatureHome, store: FeatureStore) -> None:
@@ -410,10 +412,10 @@ def test_shared_store_is_one_per_process_until_the_repo_is_applied(feature_home:
     settings = copy_home(feature_home, tmp_path / "shared_home")
     with feast_env(settings):
         F.apply_repo(settings)
-        first = F.shared_store(settings)
-        assert F.shared_store(settings) is first  # catch-up, training and evaluation share it
+        first = FS.shared_store(settings)
+        assert FS.shared_store(settings) is first  # catch-up, training and evaluation share it
         F.apply_repo(settings)
-        again = F.shared_store(settings)
+        again = FS.shared_store(settings)
     assert again is not first
     assert {v.name for v in again.list_feature_views()} == {"weather_hourly", "plane_attributes", "carrier_stats",
                                                             "route_stats"}

@@ -11,12 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from sqlalchemy import func, select
+from tests.support.flights import flight_settings
 from tests.support.ingest_home import Home, real_flights
 from tests.support.pg import scratch_database
 
-from retrain import data, db, offline
-from retrain.config import Settings
-from retrain.ingest import BatchRejected, ingest_file, ingest_frame, replay_until
+from flight_delay import data
+from flight_delay.data import FLIGHTS_TABLE
+from flight_delay.ingest import BatchRejected, ingest_file, ingest_frame, replay_until
+from retrain import db, offline
 from retrain.status import summary
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
@@ -27,7 +29,7 @@ def pg_home(tmp_path: Path) -> Iterator[Home]:
     with scratch_database("ingest") as url:
         engine = None
         try:
-            settings = Settings(home=tmp_path / "home", database_url=url)
+            settings = flight_settings(home=tmp_path / "home", database_url=url)
             settings.ensure_dirs()
             db.upgrade(settings.db_url)
             engine = db.make_engine(settings.db_url)
@@ -76,7 +78,7 @@ def test_ingest_replay_and_refusals_on_postgres(pg_home: Home, tmp_path: Path) -
         assert (o.detail, o.label) == ({"arr_delay": delay}, float(late))
     assert quarantined == 5
     assert statuses[:3] == ["landed", "duplicate", "rejected"]
-    landed = offline.read_table(s, offline.FLIGHTS)
+    landed = offline.read_table(s, FLIGHTS_TABLE)
     until = pd.Timestamp("2013-01-02T14:00:00Z").to_pydatetime()
     assert landed is not None and landed["flight_id"].is_unique
     # every released flight landed exactly once: the replay also delivers the real flights the

@@ -19,9 +19,10 @@ from functools import lru_cache
 
 import pandas as pd
 
-from retrain import features as F
+from flight_delay import features as F
+from flight_delay.data import ReplayClock, enrich_flights, load_flights, outcomes_of
 from retrain.config import Settings
-from retrain.data import ReplayClock, enrich_flights, load_flights, outcomes_of, to_utc
+from retrain.times import to_utc
 
 JAN_FEB_END = pd.Timestamp("2013-03-01", tz="UTC")
 

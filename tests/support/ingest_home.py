@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from tests.support.flights import flight_settings
 
-from retrain import data, db
+from flight_delay import data
+from retrain import db
 from retrain.config import Settings
 
 
@@ -48,7 +50,7 @@ def make_home(root: Path, template_dir: Path | None = None) -> Home:
     With `template_dir`, the migrated database is built once there and copied (Alembic takes
     ~0.4 s per run; hypothesis examples need dozens of fresh homes).
     """
-    settings = Settings(home=root, database_url=f"sqlite:///{root / 'retrain.db'}")
+    settings = flight_settings(home=root, database_url=f"sqlite:///{root / 'retrain.db'}")
     settings.ensure_dirs()
     if template_dir is None:
         db.upgrade(settings.db_url)

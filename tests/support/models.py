@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy.orm import Session, sessionmaker
+from tests.support.flights import flight_settings
 
 from retrain.config import Settings
-from retrain.data import to_utc
 from retrain.registry import open_registry
+from retrain.times import to_utc
 
 FEATURES = ["x1", "x2", "x3"]
 CHANGE = pd.Timestamp("2013-03-01", tz="UTC")
@@ -84,7 +85,7 @@ def small_settings(home: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(home=home, num_boost_round=60, early_stopping_rounds=10, num_leaves=15,
                                   eval_min_rows=500, gate_slice_min_rows=300, num_threads=2)
     values.update(overrides)
-    return Settings(**values)
+    return flight_settings(**values)
 
 
 def registry_home(home: Path, **overrides: Any) -> tuple[Settings, sessionmaker[Session]]:

@@ -28,12 +28,15 @@ import pandas as pd
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support.feature_home import build_feature_home, feast_env
+from tests.support.flights import flight_settings
 
-from retrain import features as F
+from flight_delay import features as F
+from flight_delay.serving import SERVICE_IMPORT as FLIGHTS_SERVICE
+from retrain import feature_store as FS
 from retrain.config import Settings
-from retrain.data import to_utc
 from retrain.db import Alias, ModelVersion, make_engine, session_factory, transaction, upgrade
 from retrain.serving import serve_argv, serve_cwd, serve_env
+from retrain.times import to_utc
 
 PARITY_FROM = pd.Timestamp("2013-02-10 11:00", tz="UTC")
 PARITY_TO = pd.Timestamp("2013-02-10 12:00", tz="UTC")
@@ -50,7 +53,7 @@ def small_settings(home: Path, **overrides: Any) -> Settings:
                                   num_threads=2, serve_follow_seconds=1.0, serve_log_flush_seconds=0.25,
                                   serve_log_retry_seconds=1.0)
     values.update(overrides)
-    return Settings(**values)
+    return flight_settings(**values)
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,8 @@ def build_serving_home(settings: Settings) -> ServingHome:
 
     fh = build_feature_home(settings, until=LANDED_UNTIL)
     with feast_env(settings):
-        store = F.open_store(settings)
-        F.materialize(store, "2012-12-01", PARITY_FROM)
+        store = FS.open_store(settings)
+        FS.materialize(store, "2012-12-01", PARITY_FROM)
         tset = F.training_set(store, settings, TRAIN_FROM, TRAIN_TO)
         flights = fh.flights
         sched = pd.to_datetime(flights["sched_dep"], utc=True)
@@ -99,7 +102,7 @@ def build_serving_home(settings: Settings) -> ServingHome:
         versions, tags = [], {}
         for start, end in WINDOWS:
             tv = train.train_version(settings, sessions, provider, to_utc(start).to_pydatetime(),
-                                     to_utc(end).to_pydatetime())
+                                     to_utc(end).to_pydatetime(), label="late", time_col="sched_dep")
             versions.append(tv.version)
             tags[tv.version] = tv.bento_model_tag
         registry.promote(sessions, versions[0], reason="serving test fixture", actor="tests")
@@ -213,7 +216,7 @@ def start_server(settings: Settings, *, workers: int = 1, api_key: str | None = 
     log_path = settings.home / "logs" / f"bentoml-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        argv = serve_argv("127.0.0.1", port, args=args, **({"service": service} if service else {}))
+        argv = serve_argv("127.0.0.1", port, args=args, service=service or FLIGHTS_SERVICE)
         proc = subprocess.Popen(argv, cwd=serve_cwd(), env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     server = Server(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path,
@@ -317,6 +320,6 @@ def build_production_home(src: ServingHome, home: Path, stores: ProductionStores
                          feast_registry_url=stores.feast_url, redis_url=stores.redis_url, **overrides)
     with feast_env(settings):
         F.apply_repo(settings)
-        F.materialize(F.open_store(settings), "2012-12-01", PARITY_FROM)
+        FS.materialize(FS.open_store(settings), "2012-12-01", PARITY_FROM)
     copy_registry(src.settings, settings)
     return settings

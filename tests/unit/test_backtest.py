@@ -15,8 +15,9 @@ import pytest
 from tests.support.models import FEATURES, year_frame
 from typer.testing import CliRunner
 
+from flight_delay.history import history_from_training_set
 from retrain import backtest, gates, monitor, retraining, train
-from retrain.backtest import BacktestInputError, history_from_frame, history_from_training_set, run_backtest
+from retrain.backtest import BacktestInputError, history_from_frame, run_backtest
 from retrain.config import Settings, get_settings
 
 START = pd.Timestamp("2013-01-07", tz="UTC")  # a Monday: weekly periods start on it

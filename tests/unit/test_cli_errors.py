@@ -178,7 +178,7 @@ def _fake_store(views: list[Any], registry: str = "sqlite:////tmp/x/feast_regist
 
 
 def test_materialize_until_with_no_views_names_retrain_apply(home: Path) -> None:
-    from retrain.features import NothingAppliedError, materialize_until
+    from retrain.feature_store import NothingAppliedError, materialize_until
 
     store = _fake_store([], registry="postgresql+psycopg://retrain:s3cret@db:5432/retrain")
     with pytest.raises(NothingAppliedError, match="retrain apply") as err:
@@ -187,7 +187,7 @@ def test_materialize_until_with_no_views_names_retrain_apply(home: Path) -> None
 
 
 def test_materialize_until_with_no_feature_tables_names_retrain_ingest(home: Path) -> None:
-    from retrain.features import NoFeatureDataError, materialize_until
+    from retrain.feature_store import NoFeatureDataError, materialize_until
 
     missing = home / "offline" / "features" / "weather.parquet"
     view = SimpleNamespace(name="weather_hourly", materialization_intervals=[], most_recent_end_time=None,

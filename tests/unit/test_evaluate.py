@@ -75,7 +75,9 @@ def test_better_overall_but_worse_on_one_large_slice_is_rejected_by_the_slice_ga
     assert d.decision == "reject"
     regressed = [s.slice for s in d.slices if s.regressed]
     assert regressed == ["carrier=UA"]
-    assert "carrier=UA" in sl.detail
+    assert "carrier=UA" in sl.detail and "Holm p" in sl.detail
+    ua = next(s for s in d.slices if s.slice == "carrier=UA")
+    assert ua.upper < -CONFIG.slice_tolerance and ua.p_adjusted <= CONFIG.alpha  # significant after Holm
 
 
 def test_tiny_noisy_difference_is_rejected() -> None:
@@ -168,7 +170,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, ses
 
 def _train(home: tuple[Settings, sessionmaker[Session], Provider], start: str, end: str) -> str:
     settings, sessions, provider = home
-    return train.train_version(settings, sessions, provider, start, end).version
+    return train.train_version(settings, sessions, provider, start, end, label="late", time_col="sched_dep").version
 
 
 Home = tuple[Settings, sessionmaker[Session], Provider]
@@ -178,7 +180,7 @@ def _evaluate(home: Home, version: str, **kw: object) -> evaluate.EvaluationOutc
     settings, sessions, provider = home
     kw.setdefault("act", True)
     kw.setdefault("build_bento", False)
-    return evaluate_version(settings, sessions, version, provider, latency_samples=30, **kw)  # type: ignore[arg-type]
+    return evaluate_version(settings, sessions, version, provider, latency_samples=30, **{"label": "late", **kw})  # type: ignore[arg-type]
 
 
 def _champion(home: tuple[Settings, sessionmaker[Session], Provider]) -> str | None:

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from tests.support.feature_home import land, released
+from tests.support.flights import flight_settings
 
-from retrain import features as F
+from flight_delay import features as F
+from flight_delay.data import load_weather
 from retrain.config import Settings
-from retrain.data import load_weather
 
 UTC = "UTC"
 
@@ -53,7 +54,7 @@ SYNTHETIC = [
 @pytest.fixture()
 def synthetic_home(tmp_path: Path) -> Settings:
     """A home with the SYNTHETIC flights and outcomes landed, feature tables refreshed."""
-    settings = Settings(home=tmp_path / "home")
+    settings = flight_settings(home=tmp_path / "home")
     settings.ensure_dirs()
     rows = pd.DataFrame(SYNTHETIC, columns=["flight_id", "carrier", "origin", "dest", "sched_dep", "landed_at",
                                             "arr_delay"])
@@ -139,7 +140,7 @@ def test_weather_rows_never_stamped_after_the_horizon() -> None:
 @pytest.fixture(scope="module")
 def january_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, pd.DataFrame]:
     """January 2013 as seen at 2013-02-01 00:00 UTC, landed and refreshed (no Feast)."""
-    settings = Settings(home=tmp_path_factory.mktemp("january"))
+    settings = flight_settings(home=tmp_path_factory.mktemp("january"))
     settings.ensure_dirs()
     flights = released("2013-02-01")
     land(settings, flights)
@@ -222,7 +223,7 @@ def test_own_outcome_never_feeds_own_stats_perturbation(
     hit = changed["flight_id"].isin(on_day["flight_id"]) & changed["arr_delay"].notna()
     assert hit.sum() > 500
     changed.loc[hit, "arr_delay"] = np.where(changed.loc[hit, "arr_delay"] > 15, -30.0, 300.0)  # flip late
-    other = Settings(home=tmp_path / "perturbed")
+    other = flight_settings(home=tmp_path / "perturbed")
     other.ensure_dirs()
     land(other, changed)
     F.refresh_feature_tables(other)

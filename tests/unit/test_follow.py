@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support.models import fake_version_fields, registry_home
 
+from flight_delay.features import MODEL_FEATURES
 from retrain import registry
-from retrain.features import MODEL_FEATURES
 from retrain.follow import (
     CHALLENGER,
     CHAMPION,

@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tests.support.flights import flight_settings
 from tests.support.ingest_home import Home, make_home, real_flights
 
-from retrain import data, features, offline
-from retrain.ingest import REPLAY_MARK, ingest_frame, replay_until
+from flight_delay import data, features
+from flight_delay.data import FLIGHTS_TABLE
+from flight_delay.ingest import REPLAY_MARK, ingest_frame, replay_until
+from retrain import offline
 
 
 @pytest.fixture
@@ -52,7 +55,7 @@ def test_part_reads_follow_new_and_rewritten_parts(tmp_path: Path) -> None:
 
 
 def test_id_lookups_follow_new_and_rewritten_parts(tmp_path: Path) -> None:
-    from retrain.ingest import _part_ids
+    from flight_delay.ingest import _part_ids
 
     parts = [tmp_path / f"part-{i:08d}.parquet" for i in range(3)]
     for i, p in enumerate(parts):
@@ -141,7 +144,7 @@ def test_weather_cut_from_the_year_grid_equals_building_from_observations_so_far
 
 
 def test_landed_id_lookups_grow_with_each_batch_and_old_answers_stay_put(home: Home) -> None:
-    from retrain.ingest import landed_flight_ids, member
+    from flight_delay.ingest import landed_flight_ids, member
 
     s, f = home.settings, home.sessions
     rows = data.enrich_flights(real_flights().iloc[:40].copy())[list(data.FLIGHT_COLUMNS)]
@@ -154,12 +157,12 @@ def test_landed_id_lookups_grow_with_each_batch_and_old_answers_stay_put(home: H
     ids = data.flight_ids(rows)
     assert set(after.values()) == {one.batch_id, two.batch_id}
     assert member(ids, after).all() and member(ids, before).sum() == 25
-    landed = offline.read_table(s, offline.FLIGHTS)
+    landed = offline.read_table(s, FLIGHTS_TABLE)
     assert landed is not None and sorted(after) == sorted(landed["flight_id"])
 
 
 def test_delay_stats_built_part_by_part_equal_a_build_from_scratch(home: Home) -> None:
-    from retrain import delay_facts
+    from flight_delay import delay_facts
 
     s, f = home.settings, home.sessions
     clock = small_clock()
@@ -181,10 +184,9 @@ def test_delay_stats_built_part_by_part_equal_a_build_from_scratch(home: Home) -
 
 
 def test_an_outcome_waits_for_its_flight_and_a_repeated_outcome_counts_once(tmp_path: Path) -> None:
-    from retrain import delay_facts
-    from retrain.config import Settings
+    from flight_delay import delay_facts
 
-    s = Settings(home=tmp_path / "h")
+    s = flight_settings(home=tmp_path / "h")
     s.ensure_dirs()
 
     def write(table: str, n: int, frame: pd.DataFrame) -> None:
@@ -195,7 +197,7 @@ def test_an_outcome_waits_for_its_flight_and_a_repeated_outcome_counts_once(tmp_
                             "arr_delay": [30.0], "late": [True], "batch_id": [1]})
     write(offline.OUTCOMES, 1, outcome)  # the outcome's flight has not landed yet
     assert delay_facts.delay_facts(s).outcomes.empty and delay_facts.delay_facts(s).sched_min is None
-    write(offline.FLIGHTS, 2, pd.DataFrame({"flight_id": ["x"], "carrier": ["AA"], "origin": ["JFK"],
+    write(FLIGHTS_TABLE, 2, pd.DataFrame({"flight_id": ["x"], "carrier": ["AA"], "origin": ["JFK"],
                                             "dest": ["LAX"], "sched_dep": [t], "batch_id": [2]}))
     facts = delay_facts.delay_facts(s)
     assert facts.outcomes[["flight_id", "carrier", "route"]].values.tolist() == [["x", "AA", "JFK-LAX"]]

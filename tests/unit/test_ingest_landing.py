@@ -11,9 +11,11 @@ from sqlalchemy import func, select
 from tests.support.ingest_home import Home, make_home, real_flights
 from typer.testing import CliRunner
 
-from retrain import data, db, ingest, offline
+from flight_delay import data, ingest
+from flight_delay.data import FLIGHTS_TABLE
+from flight_delay.ingest import BatchRejected, ingest_file, ingest_frame, ingest_outcomes, replay_until
+from retrain import db, offline
 from retrain.config import get_settings
-from retrain.ingest import BatchRejected, ingest_file, ingest_frame, ingest_outcomes, replay_until
 from retrain.status import summary
 
 FLIGHT_PART = "offline/flights/part-{:08d}.parquet"
@@ -65,7 +67,7 @@ def test_valid_rows_land_and_each_bad_row_is_quarantined_once(home: Home) -> Non
     assert by_row[3].reason == "distance: must be > 0 (got -5)"
     assert (by_row[3].field, by_row[3].rule) == ("distance", "positive")
     assert by_row[30].reason == "time_hour: must be an ISO-8601 timestamp (got 'not a time')"
-    assert by_row[41].reason == f"flight_id: duplicate of row 40 in this batch (got '{by_row[41].flight_id}')"
+    assert by_row[41].reason == f"flight_id: duplicate of row 40 in this batch (got '{by_row[41].row_key}')"
     assert by_row[3].raw["note"] == "r3" and by_row[3].raw["distance"] == -5
     assert by_row[20].raw["month"] is None
     json.dumps([r.raw for r in rows])  # JSON-safe
@@ -83,8 +85,8 @@ def test_valid_rows_land_and_each_bad_row_is_quarantined_once(home: Home) -> Non
     (batch_row,) = home.batches()
     assert (batch_row.status, batch_row.received, batch_row.accepted, batch_row.quarantined) == ("landed", 300, 295, 5)
     assert batch_row.content_hash == result.content_hash
-    assert batch_row.min_sched_dep == landed["sched_dep"].min().to_pydatetime()
-    assert batch_row.max_sched_dep == landed["sched_dep"].max().to_pydatetime()
+    assert batch_row.min_event_time == landed["sched_dep"].min().to_pydatetime()
+    assert batch_row.max_event_time == landed["sched_dep"].max().to_pydatetime()
 
 
 def test_landed_rows_match_data_enrich_flights(home: Home) -> None:
@@ -147,7 +149,7 @@ def test_overlapping_batch_quarantines_flights_already_landed(home: Home) -> Non
     assert second.reasons == {"flight_id:duplicate": 50}
     reasons = {q.reason for q in home.quarantined(second.batch_id)}
     assert all(r.startswith(f"flight_id: already ingested in batch {first.batch_id} (got '") for r in reasons)
-    landed = offline.read_table(home.settings, offline.FLIGHTS)
+    landed = offline.read_table(home.settings, FLIGHTS_TABLE)
     assert landed is not None and len(landed) == 150 and landed["flight_id"].is_unique
 
 
@@ -239,7 +241,7 @@ def test_replay_lands_released_flights_then_matured_outcomes_idempotently(home: 
     assert (again.received, again.outcomes, again.batch_ids) == (0, 0, [])
 
     until = pd.Timestamp("2013-01-02T06:00:00Z").to_pydatetime()
-    landed = offline.read_table(s, offline.FLIGHTS)
+    landed = offline.read_table(s, FLIGHTS_TABLE)
     outcomes = offline.read_table(s, offline.OUTCOMES)
     assert landed is not None and outcomes is not None
     assert sorted(landed["flight_id"]) == sorted(clock.flights_between(None, until)["flight_id"])
@@ -283,7 +285,7 @@ def test_status_summary_counts(home: Home) -> None:
     ing = summary(home.settings, home.sessions)["ingestion"]
     assert ing["batches_by_status"] == {"flights:duplicate": 1, "flights:landed": 1, "flights:rejected": 1}
     assert (ing["rows_received"], ing["rows_landed"], ing["rows_quarantined"]) == (300, 295, 5)
-    assert ing["latest_sched_dep"] is not None and ing["last_batch"]["status"] == "rejected"
+    assert ing["latest_event_time"] is not None and ing["last_batch"]["status"] == "rejected"
 
 
 def test_cli_ingest_json_refusal_and_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,7 +325,7 @@ def test_cli_ingest_json_refusal_and_status(tmp_path: Path, monkeypatch: pytest.
 
 def test_landed_ids_ignore_parts_the_database_does_not_know(home: Home) -> None:
     result = ingest_frame(real_flights().iloc[:20], settings=home.settings, sessions=home.sessions)
-    orphan = offline.part_path(home.settings, offline.FLIGHTS, 99)
+    orphan = offline.part_path(home.settings, FLIGHTS_TABLE, 99)
     orphan.write_bytes((home.settings.home / FLIGHT_PART.format(result.batch_id)).read_bytes())
     ids = ingest.landed_flight_ids(home.settings, home.sessions)
     assert len(ids) == 20 and set(ids.values()) == {result.batch_id}
@@ -336,7 +338,7 @@ def test_replay_after_a_partial_file_fills_the_rest_of_the_day(home: Home) -> No
     ingest_frame(by_dep_time, settings=home.settings, sessions=home.sessions, source="file")
     until = pd.Timestamp("2013-01-02T00:00:00Z")
     replay_until(home.settings, home.sessions, until, clock=clock)
-    landed = offline.read_table(home.settings, offline.FLIGHTS)
+    landed = offline.read_table(home.settings, FLIGHTS_TABLE)
     assert landed is not None and landed["flight_id"].is_unique
     assert set(landed["flight_id"]) == set(clock.flights_between(None, until.to_pydatetime())["flight_id"])
 

@@ -25,9 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support.ingest_home import Home, make_home, real_flights
 
-from retrain import data, offline
-from retrain.ingest import ingest_file, ingest_frame
-from retrain.ingest_contract import NULLABLE_COLUMNS
+from flight_delay import data
+from flight_delay.data import FLIGHTS_TABLE
+from flight_delay.ingest import ingest_file, ingest_frame
+from flight_delay.ingest_contract import NULLABLE_COLUMNS
+from retrain import offline
 
 N_ROWS = 600
 N_PRELANDED = 40
@@ -236,7 +238,7 @@ def test_corrupted_real_rows_reconcile(
         assert set(result.extra_columns) == {"row_id", "junk"}
 
         row_ids = ex.batch["row_id"].to_numpy()
-        landed = offline.read_table(s, offline.FLIGHTS)
+        landed = offline.read_table(s, FLIGHTS_TABLE)
         assert landed is not None
         landed = landed[landed["batch_id"] == result.batch_id]
         assert len(landed) == result.accepted and landed["flight_id"].is_unique

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from tests.support.ingest_home import base_row, frame_of, real_flights
 
-from retrain import data
-from retrain.ingest_contract import RULES, BatchRejected, content_hash, flight_ids, validate
+from flight_delay import data
+from flight_delay.ingest_contract import RULES, BatchRejected, content_hash, flight_ids, validate
 
 FID = "2013-01-01_UA1545_EWR_0515"
 HHMM = "must be a valid HHMM time (0-2400, minutes < 60)"

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from tests.support.flights import flight_settings
 
 from retrain import events, intake
-from retrain.config import Settings
 from retrain.db import Alert
 from retrain.registry import open_registry
 
@@ -29,7 +29,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[dict[str, Any]
 
 
 def test_firing_alert_becomes_one_event_with_kind_and_model(tmp_path: Path, sent: list[Any]) -> None:
-    settings = Settings(home=tmp_path)
+    settings = flight_settings(home=tmp_path)
     out = intake.alertmanager_intake(settings, open_registry(settings),
                                      body("firing", retrain_kind="performance_decay"), api_url="http://x/api")
     assert out["received"] == 1 and len(out["sent"]) == 1 and out["recorded"] == []
@@ -42,7 +42,7 @@ def test_firing_alert_becomes_one_event_with_kind_and_model(tmp_path: Path, sent
 
 
 def test_resolved_alert_is_recorded_not_sent(tmp_path: Path, sent: list[Any]) -> None:
-    settings = Settings(home=tmp_path)
+    settings = flight_settings(home=tmp_path)
     sessions = open_registry(settings)
     out = intake.alertmanager_intake(settings, sessions, body("resolved"), api_url="http://x/api")
     assert sent == [] and out["sent"] == [] and len(out["recorded"]) == 1
@@ -52,7 +52,7 @@ def test_resolved_alert_is_recorded_not_sent(tmp_path: Path, sent: list[Any]) ->
 
 
 def test_malformed_body_names_the_field(tmp_path: Path, sent: list[Any]) -> None:
-    settings = Settings(home=tmp_path)
+    settings = flight_settings(home=tmp_path)
     with pytest.raises(ValueError, match="alerts"):
         intake.alertmanager_intake(settings, open_registry(settings), {"status": "firing"}, api_url="http://x/api")
     with pytest.raises(ValueError, match=r"alerts\[0\].labels.retrain_kind"):
@@ -64,7 +64,7 @@ def test_malformed_body_names_the_field(tmp_path: Path, sent: list[Any]) -> None
 def test_no_prefect_api_is_refused_not_dropped(tmp_path: Path, sent: list[Any],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    settings = Settings(home=tmp_path)
+    settings = flight_settings(home=tmp_path)
     with pytest.raises(intake.IntakeUnavailable, match="PREFECT_API_URL"):
         intake.alertmanager_intake(settings, open_registry(settings), body("firing"))
     assert sent == []

@@ -25,7 +25,7 @@ from tests.support.pg import scratch_database
 from retrain import db
 
 BEFORE = "0002_alert_admission"
-HEAD = "0003_generic_rows"
+HEAD = "0004_generic_batches"
 T0 = datetime(2013, 2, 10, 11, 0)  # naive UTC, as the old columns stored it
 TABLES = {"predictions", "outcomes"}
 

@@ -158,7 +158,7 @@ def synth(rng: np.random.Generator, n: int, *, shift_noise: float = 0.0, shift_s
     """Scores depend on `signal` only; labels are drawn from the scores (calibrated) unless flipped."""
     signal = rng.normal(shift_signal, 1.0, n)
     frame = pd.DataFrame({
-        "flight_id": [f"f{i}" for i in range(n)],
+        "entity_key": [f"f{i}" for i in range(n)],
         "signal": signal,
         "noise": rng.normal(shift_noise, 1.0, n),
         "count": rng.integers(0, 5, n).astype(float),
@@ -175,7 +175,7 @@ def profile_of(frame: pd.DataFrame) -> dict[str, object]:
 
 
 def assess(settings: Settings, profile: dict[str, object], window: pd.DataFrame) -> MonitoringResult:
-    outcomes = pd.DataFrame({"flight_id": window["flight_id"], "landed_at": T0, "late": window["late"]})
+    outcomes = pd.DataFrame({"entity_key": window["entity_key"], "available_at": T0, "label": window["late"]})
     return monitor_frame(profile, window, outcomes, settings=settings, model_name="m", model_version="v1",
                          window_from=T0 - timedelta(days=7), window_to=T0, as_of=T0 + timedelta(days=1))
 
@@ -271,14 +271,14 @@ def test_unmatured_labels_are_never_counted() -> None:
     n = 400
     rng = np.random.default_rng(0)
     scores = rng.random(n)
-    preds = pd.DataFrame({"flight_id": [f"f{i}" for i in range(n)], "predicted_at": T0, "score": scores,
+    preds = pd.DataFrame({"entity_key": [f"f{i}" for i in range(n)], "predicted_at": T0, "score": scores,
                           "model_version": "v1"})
     matured = np.arange(n) < 300
     late = scores > 0.5  # a perfect ranking for the matured flights ...
     late[~matured] = scores[~matured] < 0.5  # ... and a perfectly wrong one for the rest
     as_of = T0 + timedelta(hours=6)
     landed = [as_of - timedelta(minutes=1) if m else as_of + timedelta(minutes=1) for m in matured]
-    outcomes = pd.DataFrame({"flight_id": preds["flight_id"], "landed_at": landed, "late": late})
+    outcomes = pd.DataFrame({"entity_key": preds["entity_key"], "available_at": landed, "label": late})
     perf = performance_metrics(preds, outcomes, as_of)
     assert perf.n == 300 and perf.auc == 1.0
     assert perf.log_loss == pytest.approx(score_metrics(late[:300], scores[:300]).log_loss)
@@ -312,7 +312,7 @@ def log_predictions(sessions: db.sessionmaker[db.Session], frame: pd.DataFrame, 
                     at: datetime = T0, landed: datetime | None = None) -> None:
     records: list[dict[str, Any]] = frame.to_dict("records")  # type: ignore[assignment]
     rows = [
-        {"request_id": f"r-{version}-{i}", "entity_key": r["flight_id"], "model_name": "m",
+        {"request_id": f"r-{version}-{i}", "entity_key": r["entity_key"], "model_name": "m",
          "model_version": version, "predicted_at": at + timedelta(seconds=i), "event_time": at,
          "attributes": {"carrier": r["carrier"], "origin": "EWR", "dest": "ORD", "tailnum": "N1"},
          "score": float(r["score"]), "features": {name: float(r[name]) for name in FEATURES}}
@@ -322,7 +322,7 @@ def log_predictions(sessions: db.sessionmaker[db.Session], frame: pd.DataFrame, 
         s.execute(insert(db.Prediction), rows)
         if landed is not None:
             s.execute(insert(db.Outcome), [
-                {"model_name": "m", "entity_key": r["flight_id"], "event_time": at, "available_at": landed,
+                {"model_name": "m", "entity_key": r["entity_key"], "event_time": at, "available_at": landed,
                  "label": float(r["late"]), "detail": {"arr_delay": 0.0}} for r in records])
 
 
@@ -334,7 +334,7 @@ def test_run_monitoring_counts_matured_labels_and_writes_a_run(tmp_path: Path) -
     log_predictions(sessions, window.iloc[:600], landed=as_of - timedelta(hours=1))  # matured
     log_predictions(sessions, window.iloc[600:], landed=as_of + timedelta(hours=1))  # not yet landed
     other = synth(np.random.default_rng(3), 300)
-    other["flight_id"] = "g" + other["flight_id"]
+    other["entity_key"] = "g" + other["entity_key"]
     log_predictions(sessions, other, version="v0")  # another version: drift yes, performance no
 
     result = run_monitoring(sessions, settings, "m", T0, T0 + timedelta(days=1), as_of)
@@ -395,7 +395,7 @@ def test_history_and_chart(tmp_path: Path) -> None:
     for day, shift in enumerate([0.0, 0.0, 1.5]):
         start = T0 + timedelta(days=day)
         frame = synth(np.random.default_rng(10 + day), 400, shift_signal=shift)
-        frame["flight_id"] = f"d{day}-" + frame["flight_id"]
+        frame["entity_key"] = f"d{day}-" + frame["entity_key"]
         log_predictions(sessions, frame, at=start, landed=start + timedelta(hours=2))
         run_monitoring(sessions, settings, "m", start, start + timedelta(days=1), start + timedelta(days=1))
     history = monitoring_history(sessions, "m")

@@ -20,15 +20,15 @@ def _window(noise: float, n: int = 600, seed: int = 0, labelled: bool = True) ->
     y = 10 * x + 50
     pred = y + rng.normal(0, noise, n)
     ids = [str(i) for i in range(n)]
-    preds = pd.DataFrame({"flight_id": ids, "score": pred, "x": x})
+    preds = pd.DataFrame({"entity_key": ids, "score": pred, "x": x})
     known = pd.Timestamp(T1) - pd.Timedelta(hours=1) if labelled else pd.Timestamp(T1) + pd.Timedelta(days=1)
-    outcomes = pd.DataFrame({"flight_id": ids, "landed_at": [known] * n, "late": y})
+    outcomes = pd.DataFrame({"entity_key": ids, "available_at": [known] * n, "label": y})
     return preds, outcomes
 
 
 def _profile(noise: float = 2.0) -> dict:
     preds, outcomes = _window(noise, seed=1)
-    return build_reference_profile(preds, ["x"], preds["score"].to_numpy(), labels=outcomes["late"].to_numpy(),
+    return build_reference_profile(preds, ["x"], preds["score"].to_numpy(), labels=outcomes["label"].to_numpy(),
                                    regression=True)
 
 

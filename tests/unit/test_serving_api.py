@@ -21,10 +21,11 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 from tests.support.models import fake_version_fields, registry_home
 
-from retrain import features, modelstore, registry
+from flight_delay import features
+from flight_delay.features import MODEL_FEATURES, PLANE_FEATURES
+from retrain import feature_store, modelstore, registry
 from retrain.config import Settings, get_settings
 from retrain.db import Prediction
-from retrain.features import MODEL_FEATURES, PLANE_FEATURES
 from retrain.serving import ApiKeyMiddleware
 
 KEY = "unit-test-key"
@@ -79,8 +80,8 @@ def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S
     (tmp_path / "prometheus").mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prometheus"))
     store = StubStore()
-    monkeypatch.setattr(features, "open_store", lambda settings: store)
-    monkeypatch.setattr(features, "service", lambda store, name="": "flight_delay_v1")
+    monkeypatch.setattr(feature_store, "open_store", lambda settings: store)
+    monkeypatch.setattr(feature_store, "service", lambda store, name="": "flight_delay_v1")
     get_settings.cache_clear()
     settings, sessions = registry_home(tmp_path)
     booster = champion_booster()
@@ -142,13 +143,14 @@ def test_predict_model_and_log(app_env: Any) -> None:
 
 def test_no_champion_is_not_ready_and_refuses(app_env: Any, tmp_path: Path) -> None:
     """A worker without a champion is not ready and answers 503 (NotReadyError), never a guess."""
-    from retrain.serving import NotReadyError, ServingRuntime
-    from retrain.serving_schema import FlightIn
+    from flight_delay.serving import FlightsRuntime
+    from flight_delay.serving_schema import FlightIn
+    from retrain.serving import NotReadyError
 
     settings, _, _, _ = app_env
     empty = settings.model_copy(update={"home": tmp_path / "empty"})
     registry_home(empty.home)
-    runtime = ServingRuntime(empty)
+    runtime = FlightsRuntime(empty)
 
     async def scenario() -> None:
         await runtime.start()
@@ -194,9 +196,9 @@ def test_no_key_configured_lets_everything_through() -> None:
 
 def test_entity_rows_match_the_feature_contract() -> None:
     """The request path's entity rows equal `features.entity_frame` for real flights (no skew)."""
-    from retrain.data import load_flights
-    from retrain.serving import _entity_rows_via_frame, entity_rows
-    from retrain.serving_schema import FlightIn
+    from flight_delay.data import load_flights
+    from flight_delay.serving import _entity_rows_via_frame, entity_rows
+    from flight_delay.serving_schema import FlightIn
 
     flights = load_flights().sample(300, random_state=1)
     flights = pd.concat([flights, load_flights()[lambda d: d["tailnum"].isna()].head(20)])

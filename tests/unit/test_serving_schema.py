@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from retrain.data import load_flights
-from retrain.serving_schema import FlightIn, PredictRequest, batch_limit_error, flight_id
+from flight_delay.data import load_flights
+from flight_delay.serving_schema import FlightIn, PredictRequest, batch_limit_error, flight_id
 
 GOOD: dict[str, Any] = {"carrier": "UA", "flight": 1545, "tailnum": "N14228", "origin": "EWR", "dest": "IAH",
                         "sched_dep": "2013-01-01T05:15:00-05:00", "distance": 1400}

@@ -22,8 +22,10 @@ def _window(start: str, end: str) -> pd.DataFrame:
 
 def test_same_window_and_seed_give_identical_predictions_and_fingerprint() -> None:
     frame = _window(MAR, MAY)
-    a = fit(frame, FEATURES, num_boost_round=40, seed=3)
-    b = fit(frame.sample(frac=1.0, random_state=1), FEATURES, num_boost_round=40, seed=3)  # row order differs
+    a = fit(frame, FEATURES, label="late", time_col="sched_dep", num_boost_round=40, seed=3)
+    # row order differs
+    b = fit(frame.sample(frac=1.0, random_state=1), FEATURES, label="late", time_col="sched_dep", num_boost_round=40,
+            seed=3)
     probe = year_frame().iloc[-2000:][FEATURES]
     assert np.array_equal(a.booster.predict(probe), b.booster.predict(probe))
     assert a.metadata["data_fingerprint"] == b.metadata["data_fingerprint"]
@@ -39,7 +41,7 @@ def test_fingerprint_changes_with_the_data() -> None:
 
 def test_time_split_holds_out_the_latest_rows() -> None:
     frame = _window(MAR, MAY)
-    result = fit(frame, FEATURES, num_boost_round=20, validation_fraction=0.2)
+    result = fit(frame, FEATURES, label="late", time_col="sched_dep", num_boost_round=20, validation_fraction=0.2)
     meta = result.metadata
     assert meta["n_train"] + meta["n_valid"] == len(frame)
     assert abs(meta["n_valid"] - 0.2 * len(frame)) <= 1
@@ -52,10 +54,10 @@ def test_time_split_holds_out_the_latest_rows() -> None:
 def test_categorical_features_and_regression_work_on_any_frame() -> None:
     frame = _window(MAR, MAY).copy()
     frame["carrier"] = frame["carrier"].astype("category")
-    result = fit(frame, [*FEATURES, "carrier"], num_boost_round=20)
+    result = fit(frame, [*FEATURES, "carrier"], label="late", time_col="sched_dep", num_boost_round=20)
     assert "carrier" in result.booster.feature_name()
     frame["delay"] = frame["x1"] * 3 + np.random.default_rng(0).normal(size=len(frame))
-    reg = fit(frame, FEATURES, label="delay", objective="regression", num_boost_round=30)
+    reg = fit(frame, FEATURES, label="delay", time_col="sched_dep", objective="regression", num_boost_round=30)
     assert reg.metadata["validation"]["rmse"] < frame["delay"].std()
 
 
@@ -71,12 +73,13 @@ def test_categorical_features_and_regression_work_on_any_frame() -> None:
 )
 def test_bad_input_is_refused_with_the_field_named(mutate, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(TrainingError, match=message):
-        fit(mutate(_window(MAR, MAY).reset_index(drop=True)), FEATURES, num_boost_round=5)
+        fit(mutate(_window(MAR, MAY).reset_index(drop=True)), FEATURES, label="late", time_col="sched_dep",
+            num_boost_round=5)
 
 
 def test_train_version_registers_a_candidate_with_its_model(tmp_path: Path) -> None:
     settings, sessions = registry_home(tmp_path)
-    trained = train.train_version(settings, sessions, Provider(), MAR, MAY)
+    trained = train.train_version(settings, sessions, Provider(), MAR, MAY, label="late", time_col="sched_dep")
     mv = registry.get_version(sessions, trained.version)
     assert (mv.version, mv.status, mv.feature_service) == ("v1", "candidate", "flight_delay_v1")
     assert mv.bento_model_tag == trained.bento_model_tag and mv.bento_model_tag.startswith("flight_delay:")
@@ -87,7 +90,7 @@ def test_train_version_registers_a_candidate_with_its_model(tmp_path: Path) -> N
     assert mv.n_train + mv.n_valid == len(_window(MAR, MAY))
     assert mv.reference_profile["n_rows"] == mv.n_valid
     booster = modelstore.load_booster(settings, mv.bento_model_tag, mv.model_checksum)
-    direct = train.fit_with_settings(_window(MAR, MAY), FEATURES, settings)
+    direct = train.fit_with_settings(_window(MAR, MAY), FEATURES, settings, label="late", time_col="sched_dep")
     probe = year_frame().iloc[-500:][FEATURES]
     assert np.array_equal(booster.predict(probe), direct.booster.predict(probe))
     assert mv.data_fingerprint == direct.metadata["data_fingerprint"]
@@ -97,9 +100,10 @@ def test_failed_training_registers_nothing(tmp_path: Path, monkeypatch: pytest.M
     settings, sessions = registry_home(tmp_path)
     provider = Provider()
     with pytest.raises(TrainingError, match="after"):
-        train.train_version(settings, sessions, provider, MAY, MAR)
+        train.train_version(settings, sessions, provider, MAY, MAR, label="late", time_col="sched_dep")
     with pytest.raises(TrainingError, match="no labelled"):
-        train.train_version(settings, sessions, provider, "2015-01-01", "2015-02-01")
+        train.train_version(settings, sessions, provider, "2015-01-01", "2015-02-01", label="late",
+                            time_col="sched_dep")
 
     import lightgbm
 
@@ -108,7 +112,7 @@ def test_failed_training_registers_nothing(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(lightgbm, "train", boom)
     with pytest.raises(RuntimeError, match="mid-fit"):
-        train.train_version(settings, sessions, provider, MAR, MAY)
+        train.train_version(settings, sessions, provider, MAR, MAY, label="late", time_col="sched_dep")
     assert registry.list_versions(sessions, settings.model_name) == []
     assert modelstore.list_tags(settings) == []
 
@@ -129,7 +133,7 @@ def test_registry_failure_removes_the_saved_model(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(modelstore, "save_booster", spy)
     monkeypatch.setattr(registry, "register_version", refuse)
     with pytest.raises(RuntimeError, match="went away"):
-        train.train_version(settings, sessions, Provider(), MAR, MAY)
+        train.train_version(settings, sessions, Provider(), MAR, MAY, label="late", time_col="sched_dep")
     assert len(saved) == 1  # it was saved, then removed again
     assert modelstore.list_tags(settings) == []
     monkeypatch.undo()

@@ -62,9 +62,9 @@ def register(app: typer.Typer) -> None:
 
         from retrain import clock
         from retrain.config import get_settings
-        from retrain.data import to_utc
         from retrain.monitor import run_monitoring
         from retrain.registry import open_registry
+        from retrain.times import to_utc
 
         settings = get_settings()
         sessions = open_registry(settings)

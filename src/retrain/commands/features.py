@@ -19,13 +19,13 @@ def register(app: typer.Typer) -> None:
     def apply_cmd() -> None:
         """Register the active use case's Feast definitions (`feast apply` for the active profile)."""
         from retrain.commands.usecases import active
-        from retrain.features import apply_repo
-        from retrain.usecase import featurestore
+        from retrain.feature_store import apply_repo
+        from retrain.usecase.catalog import load_callable
 
         settings, spec = active()
         with console.status("feast apply"):
-            if spec.feast is not None:
-                featurestore.apply(spec, settings)
+            if spec.pipeline is not None:
+                load_callable(spec, spec.pipeline.apply)(settings)
             else:
                 apply_repo(settings)
         console.print(f"applied {settings.feature_repo} ({settings.profile} profile)")
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         Fails (exit 1) naming the command to run when nothing is applied or ingested yet.
         """
         from retrain.commands.usecases import active
-        from retrain.features import NoFeatureDataError, NothingAppliedError, materialize_until, open_store
+        from retrain.feature_store import NoFeatureDataError, NothingAppliedError, materialize_until, open_store
         from retrain.usecase.landing import data_start
 
         settings, spec = active()

@@ -57,19 +57,19 @@ def register_demo(app: typer.Typer) -> None:
 
     @app.command("demo")
     def demo_cmd(
-        quick: bool = typer.Option(False, "--quick", help="Replay two months only (flights: March–April)."),
-        until: str | None = typer.Option(None, "--until", help="Replay up to this date (default: flights "
-                                         "2014-01-01; a use case: the end of its data)."),
+        quick: bool = typer.Option(False, "--quick", help="Replay two months only."),
+        until: str | None = typer.Option(None, "--until", help="Replay up to this date (default: the end of "
+                                         "the use case's data)."),
         fresh: bool = typer.Option(False, "--fresh/--resume",
                                    help="Start clean (stop servers, delete RETRAIN_HOME) or resume where it stopped."),
         exit_after: bool = typer.Option(False, "--exit", help="Stop the servers and exit at the end."),
-        usecase: str | None = typer.Option(None, "--usecase", help="A use case with its own Feast repository "
-                                           "(e.g. bike_sharing) instead of the 2013 flights."),
+        usecase: str | None = typer.Option(None, "--usecase", help="The use case to replay (default: the "
+                                           "active one, RETRAIN_USECASE)."),
     ) -> None:
         """The whole loop with real servers: first champion, replay, alerts, retrains, month table, report.
 
-        Default: the 2013 flights. `--usecase NAME`: that use case's history (one demo per RETRAIN_HOME:
-        the simulated clock is the home's)."""
+        The active use case, or `--usecase NAME`: its history (one demo per RETRAIN_HOME: the simulated
+        clock is the home's)."""
         import os
 
         from retrain import demo
@@ -80,60 +80,14 @@ def register_demo(app: typer.Typer) -> None:
         policy = demo.apply_demo_policy()
         get_settings.cache_clear()
         settings = get_settings()
-        if settings.usecase != "flight_delay":
-            _usecase_demo(settings, policy, quick=quick, until=until, fresh=fresh, exit_after=exit_after)
+        from retrain.usecase.catalog import load_callable, load_usecase
+
+        spec = load_usecase(settings, settings.usecase)
+        if spec.pipeline is not None and spec.pipeline.demo:  # the use case's own demo
+            load_callable(spec, spec.pipeline.demo)(settings, policy, quick=quick, until=until, fresh=fresh,
+                                                     exit_after=exit_after)
             return
-        _flights_demo(settings, policy, quick=quick, until=until, fresh=fresh, exit_after=exit_after)
-
-
-def _flights_demo(settings: Any, policy: dict[str, str], *, quick: bool, until: str | None, fresh: bool,
-                  exit_after: bool) -> None:
-    """The 2013 flights demo (`make demo`)."""
-    import dataclasses
-    import time
-
-    from rich.table import Table
-
-    from retrain import demo
-
-    if fresh:
-        demo.reset(settings)
-    console.print(f"demo retraining policy: {policy}")
-    plan = demo.DemoPlan.quick() if quick else demo.DemoPlan()
-    if until:
-        plan = dataclasses.replace(plan, replay_to=until)
-    state = demo.DemoState.load(settings)
-    t0 = time.perf_counter()
-    say = console.print
-    try:
-        demo.setup(settings, plan, state, say)
-        demo.start_service(settings, say)
-        with _replay_progress() as progress:
-            demo.replay(settings, plan, state, progress.say, progress)
-        state.seconds["total_this_run"] = round(time.perf_counter() - t0, 1)
-        state.save(settings)
-        table = demo.monthly_table(settings, state.first_version or "")
-        out = Table(title="2013 replay: served model vs the never-retrained Jan–Feb model")
-        for col in ("month", "flights", "late rate", "AUC served", "AUC never retrained", "alerts", "retrains",
-                    "promotions", "versions"):
-            out.add_column(col, no_wrap=True)
-        for row in table.itertuples():
-            out.add_row(str(row.month), f"{row.flights:,}", f"{row.late_rate:.1%}", f"{row.auc_served:.4f}",
-                        f"{row.auc_never_retrained:.4f}", str(row.alerts), str(row.retrains),
-                        str(row.promotions), str(row.versions))
-        # a pipe reports 80 columns and rich truncates cells to fit: print the table at full width
-        Console(stderr=True, width=max(console.width, 140)).print(out)
-        if len(table):
-            served, never = table["auc_served"].mean(), table["auc_never_retrained"].mean()
-            better = int((table["auc_served"] > table["auc_never_retrained"]).sum())
-            console.print(f"mean monthly AUC: served {served:.4f} vs never retrained {never:.4f} "
-                          f"({served - never:+.4f}); served model better in {better} of {len(table)} months")
-        report = demo.write_report(settings, table, state)
-        _finish(settings, report, state.seconds, exit_after)
-    except KeyboardInterrupt:
-        console.print("interrupted; `retrain demo` resumes from the last finished day (--fresh starts clean)")
-    finally:
-        _stop_all(settings)
+        _usecase_demo(settings, policy, quick=quick, until=until, fresh=fresh, exit_after=exit_after)
 
 
 def _usecase_demo(settings: Any, policy: dict[str, str], *, quick: bool, until: str | None, fresh: bool,
@@ -149,8 +103,8 @@ def _usecase_demo(settings: Any, policy: dict[str, str], *, quick: bool, until: 
 
     spec = load_usecase(settings, settings.usecase)
     if spec.feast is None:
-        raise typer.BadParameter(f"use case {spec.name!r} has no feast section (its own Feast repository): "
-                                 "the demo replays the flights or a use case with one", param_hint="--usecase")
+        raise typer.BadParameter(f"use case {spec.name!r} has no feast section (its own Feast repository) and no "
+                                 "pipeline.demo: nothing to replay through the servers", param_hint="--usecase")
     if fresh:
         demo.reset(settings)
     others = sorted(p.name for p in settings.home.glob("demo_state*.json")
@@ -168,7 +122,7 @@ def _usecase_demo(settings: Any, policy: dict[str, str], *, quick: bool, until: 
     try:
         demo_usecase.setup(spec, settings, plan, state, console.print)
         demo.start_service(settings, console.print)
-        with _replay_progress() as progress:
+        with demo.replay_progress() as progress:
             demo_usecase.replay(spec, settings, plan, state, progress.say, progress)
         state.seconds["total_this_run"] = round(time.perf_counter() - t0, 1)
         state.save(settings, spec.name)
@@ -193,52 +147,11 @@ def _usecase_demo(settings: Any, policy: dict[str, str], *, quick: bool, until: 
                           f"({served - never:+.4f}); served model better in {better} of {len(table)} months")
         report = demo.write_report(settings, table, state, demo_usecase.report_labels(spec, plan))
         table.to_csv(report.parent / "months.csv", index=False)
-        _finish(settings, report, state.seconds, exit_after)
+        demo.finish(settings, report, state.seconds, exit_after)
     except KeyboardInterrupt:
         console.print(f"interrupted; `retrain demo --usecase {spec.name}` resumes from the last finished day "
                       "(--fresh starts clean)")
     finally:
-        _stop_all(settings)
+        demo.stop_all(settings)
 
 
-class _replay_progress:  # noqa: N801 - used as a context manager, reads like one
-    """A rich progress bar for the replay; `say` prints above it, calling it updates it."""
-
-    def __enter__(self) -> _replay_progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("[bold]replay"), BarColumn(), TextColumn("{task.completed}/{task.total} days"),
-                            TimeElapsedColumn(), TextColumn("{task.description}"), console=console)
-        self.bar.__enter__()
-        self.task = self.bar.add_task("", total=1)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)  # type: ignore[arg-type]
-
-    def say(self, message: str) -> None:
-        self.bar.console.print(message)
-
-    def __call__(self, done: int, total: int, text: str) -> None:
-        self.bar.update(self.task, completed=done, total=total, description=text)
-
-
-def _finish(settings: Any, report: Any, seconds: dict[str, float], exit_after: bool) -> None:
-    """Report path, timings, where to look; then wait for Ctrl-C unless --exit."""
-    import signal
-
-    console.print(f"report: {report}")
-    console.print(f"timings (s): {seconds}")
-    console.print(f"Prefect UI: http://127.0.0.1:{settings.prefect_port}   "
-                  f"service docs: http://{settings.serve_host}:{settings.serve_port}/")
-    if exit_after:
-        return
-    console.print("servers stay up; Ctrl-C stops them")
-    signal.sigwait({signal.SIGINT, signal.SIGTERM})
-
-
-def _stop_all(settings: Any) -> None:
-    from retrain import services
-
-    for name in ("bentoml", "prefect-worker", "prefect-server"):
-        services.stop(settings, name)

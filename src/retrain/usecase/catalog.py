@@ -90,8 +90,23 @@ def find_folder(settings: Settings, name: str) -> Path | None:
     return None
 
 
+def default_name(settings: Settings) -> str:
+    """The use case commands act on when none is named: the one whose spec says `default: true`
+    (the first in lookup order), else the only one there is."""
+    folders = [p for d in search_dirs(settings) if d.is_dir() for p in sorted(d.iterdir()) if (p / SPEC_FILE).is_file()]
+    for folder in folders:
+        raw = yaml.safe_load((folder / SPEC_FILE).read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and raw.get("default") is True:
+            return folder.name
+    if len(folders) == 1:
+        return folders[0].name
+    raise UseCaseError("no use case named and none is the default: set RETRAIN_USECASE or pass --usecase NAME "
+                       f"(known: {', '.join(sorted(f.name for f in folders)) or 'none'})")
+
+
 def load_usecase(settings: Settings, name: str) -> UseCaseSpec:
-    """The spec of use case `name`, or an error listing the known ones."""
+    """The spec of use case `name` (empty: the default one), or an error listing the known ones."""
+    name = name or default_name(settings)
     folder = find_folder(settings, name)
     if folder is None:
         known = sorted({p.name for d in search_dirs(settings) if d.is_dir() for p in d.iterdir()

@@ -11,13 +11,12 @@ frames, whose features must equal what the use case's history gives (the parity 
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from retrain import feature_store
 from retrain.config import Settings
 from retrain.offline import write_parquet_atomic
 from retrain.usecase.catalog import UseCaseError, load_callable
@@ -65,29 +64,13 @@ def write_tables(spec: UseCaseSpec, settings: Settings, raw: pd.DataFrame) -> di
 
 def apply(spec: UseCaseSpec, settings: Settings) -> None:
     """`feast apply` of the use case's repository for the active profile (tables must exist)."""
-    settings.export_env()
-    from feast.repo_config import load_repo_config
-    from feast.repo_operations import apply_total
-
-    repo = settings.feature_repo
-    for py in repo.glob("*.py"):  # Feast imports repo files as top-level modules: drop stale ones
-        sys.modules.pop(py.stem, None)
-    while str(repo) in sys.path:  # first on the path: another repo's `features.py` must not shadow ours
-        sys.path.remove(str(repo))
-    sys.path.insert(0, str(repo))
-    cwd = os.getcwd()
-    try:
-        apply_total(load_repo_config(repo, settings.feature_store_yaml), repo, skip_source_validation=False)
-    finally:
-        os.chdir(cwd)  # apply_total changes into the repository and stays there
+    _feast(spec)
+    feature_store.apply_repo(settings)
 
 
 def open_store(settings: Settings) -> FeatureStore:
     """The use case's FeatureStore (settings from `settings_for`: feature_repo is its repository)."""
-    settings.export_env()
-    from feast import FeatureStore
-
-    return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=settings.feature_store_yaml)
+    return feature_store.open_store(settings)
 
 
 def training_frame(spec: UseCaseSpec, store: FeatureStore, raw: pd.DataFrame) -> pd.DataFrame:

@@ -193,7 +193,7 @@ def label_stats(spec: UseCaseSpec, rows: pd.DataFrame, lay: Layout) -> pd.DataFr
     within each trailing window ([T - window, T)); snapshots every step from the first prediction time
     to one step after the last label became known, so every prediction time has a snapshot at most
     one step old. A key with no label in a window has count 0 and mean NaN."""
-    from retrain.features import trailing_window_sums
+    from retrain.feature_store import trailing_window_sums
 
     columns = [lay.join_key, EVENT_TIMESTAMP, *lay.stats_features]
     if rows.empty:

@@ -1,6 +1,6 @@
 """A use case's labelled history, as the backtest replays it: through its own Feast repository when
-it has one (features as serving reads them), else from its file or data module with its calendar
-features; the flights through their feature store pipeline; with label availability."""
+it has one (features as serving reads them), or its own pipeline code's history; else from its file or
+data module with its calendar features; with label availability."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from retrain.backtest_data import (
     Progress,
     _home_settings,
     history_from_frame,
-    load_flights,
     read_table,
     scoped_env,
 )
@@ -107,8 +106,10 @@ def load_history(spec: UseCaseSpec, settings: Settings, *, feature_home: Path | 
     service (`feature_store_frame`); one without takes its file or data module as it is, plus the
     calendar features of its time column.
     """
-    if spec.data.builtin == "flights":
-        return load_flights(settings, feature_home=feature_home, start=start, end=end, progress=progress)
+    if spec.pipeline is not None:
+        history: History = load_callable(spec, spec.pipeline.history)(
+            settings, feature_home=feature_home, start=start, end=end, progress=progress)
+        return history
     time_col = spec.data.time_col
     if spec.feast is not None:
         frame, source = feature_store_frame(spec, settings, feature_home=feature_home, start=start, end=end,

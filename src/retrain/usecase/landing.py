@@ -135,7 +135,7 @@ def _record(spec: UseCaseSpec, sessions: sessionmaker[Session], new: pd.DataFram
         batch = IngestionBatch(kind=spec.name[:32], source=f"replay until {end.isoformat()}", status="landed",
                                received=len(new), accepted=len(accepted),
                                quarantined=len({r["row"] for r in rejected}), outcomes=len(accepted),
-                               min_sched_dep=times.min().to_pydatetime(), max_sched_dep=times.max().to_pydatetime())
+                               min_event_time=times.min().to_pydatetime(), max_event_time=times.max().to_pydatetime())
         s.add(batch)
         s.flush()
         for r in rejected:

@@ -1,9 +1,10 @@
 """The steps of one retrain for any use case: catch up, train, evaluate (what the retrain flow orders).
 
 A use case with its own Feast repository lands its rows (`landing`), trains through its feature
-service (`training`) and is judged by the evaluator with its label and slices; a use case without one
-keeps the engine's built-in pipeline. The retrain and monitor flows look the use case up by the `model_name`
-their event carries, so several use cases share one Prefect server and one RETRAIN_HOME.
+service (`training`) and is judged by the evaluator with its label and slices; a use case with its own
+pipeline code (`pipeline:` in its spec) catches up and provides training frames through it. The
+retrain and monitor flows look the use case up by the `model_name` their event carries, so several
+use cases share one Prefect server and one RETRAIN_HOME.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrain import clock
 from retrain.config import Settings, base_settings
-from retrain.usecase.catalog import load_usecase, settings_for
+from retrain.usecase.catalog import UseCaseError, load_callable, load_usecase, settings_for
 from retrain.usecase.spec import UseCaseSpec
 
 if TYPE_CHECKING:
@@ -42,11 +43,14 @@ class Pipeline:
 
     def catch_up(self, now: datetime) -> dict[str, Any]:
         """Land what the clock has released (replays only) and bring the online store up to `now`."""
-        from retrain.features import materialize_until
+        from retrain.feature_store import materialize_until
         from retrain.registry import open_registry
 
         s = self.settings
-        done: dict[str, Any] = {}
+        if self.spec.pipeline is not None:
+            done: dict[str, Any] = load_callable(self.spec, self.spec.pipeline.catch_up)(s, now)
+            return done
+        done = {}
         if self.own_feast:
             from retrain.usecase import featurestore, landing
 
@@ -54,27 +58,21 @@ class Pipeline:
                 done["replay"] = landing.replay_until(self.spec, s, open_registry(s), now).to_dict()
             start = landing.data_start(s, self.spec)
             done["materialize"] = materialize_until(featurestore.open_store(s), s, now, start=start)
-            return done
-        from retrain.features import refresh_feature_tables, shared_store
-        from retrain.ingest import replay_until
-
-        if clock.simulated(s):
-            done["replay"] = replay_until(s, open_registry(s), now).counts()
-            done["tables"] = refresh_feature_tables(s, now)
-        done["materialize"] = materialize_until(shared_store(s), s, now)
         return done
 
     def provider(self) -> FrameProvider:
         """Training and evaluation frames of a window, through the use case's feature service."""
         s = self.settings
+        if self.spec.pipeline is not None:
+            provider: FrameProvider = load_callable(self.spec, self.spec.pipeline.frame_provider)(s)
+            return provider
         if self.own_feast:
             from retrain.usecase import featurestore
             from retrain.usecase.training import frame_provider
 
             return frame_provider(self.spec, s, featurestore.open_store(s))
-        from retrain.train import feast_frame_provider
-
-        return feast_frame_provider(s, shared=True)
+        raise UseCaseError(f"{self.spec.name}: neither a feast section nor pipeline code: no feature service "
+                           "to train through (use `retrain backtest` on its file)")
 
     def train_version(self, start: datetime | str, end: datetime | str) -> TrainedVersion:
         """Train a challenger on [start, end) and register it under the use case's name."""
@@ -101,7 +99,7 @@ class Pipeline:
         return evaluate_version(s, open_registry(s), version, self.provider(), window_from=start, window_to=end,
                                 act=act, build_bento=s.retrain_build_bento if build_bento is None else build_bento,
                                 actor=actor, feature_migration=feature_migration, label=self.spec.label.column,
-                                slice_columns=tuple(self.spec.slices))
+                                slice_columns=tuple(self.spec.slices), time_col=self.spec.data.time_col)
 
 
 def pipeline_for(model_name: str) -> Pipeline:

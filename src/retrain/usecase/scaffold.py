@@ -140,7 +140,7 @@ def init_usecase(name: str, data: Path, *, settings: Settings, time_col: str, la
     calendar = useful_parts(frame[time_col], pd.to_numeric(y, errors="coerce"), "UTC")
     labelled = int(pd.to_numeric(y, errors="coerce").notna().sum())
     volume = Volume(rows=labelled, days=(contract.end - contract.start).total_seconds() / 86_400,
-                    label_delay_hours=label_delay_hours)
+                    label_delay_hours=label_delay_hours, times_per_day=contract.times_per_day)
     if volume.expected(MAX_WINDOW_DAYS) < MIN_EVAL_ROWS:
         raise InputFileError(f"{data.name}: {labelled} labelled rows over {volume.days:.0f} days: even a one-year "
                              f"evaluation window would hold fewer than {MIN_EVAL_ROWS} rows; retraining needs more "

@@ -2,7 +2,7 @@
 
 `UseCaseRuntime` is `retrain.serving.ServingRuntime` (champion follow with checksum-verified swaps,
 shadow challenger, background prediction log, metrics, 503 until ready) with the use case's request
-path instead of the flights':
+path, built from its spec:
 
 validated rows -> a DataFrame of the request fields -> the use case's `feast.entity_rows` function
 -> one `get_online_features` call through the FeatureService fetched at start -> the model's matrix
@@ -57,7 +57,7 @@ def served_usecase(name: str, base: Settings | None = None) -> tuple[UseCaseSpec
     spec = load_usecase(base, name)
     if spec.feast is None:
         raise UseCaseError(f"use case {name!r}: has no feast section (its own Feast repository); "
-                           "the flights are served by bentos/flight_delay")
+                           "a use case with its own pipeline code names its own bento (setting `bento`)")
     return spec, settings_for(spec, base)
 
 

@@ -43,14 +43,12 @@ class DataSpec(_Strict):
     path: str | None = Field(default=None, description="CSV/parquet history, relative to the use-case folder.")
     loader: str | None = Field(default=None, description="'module.py:function' in the folder returning the "
                                "history frame (for shipped data read from an installed package).")
-    builtin: Literal["flights"] | None = Field(default=None, description="The 2013 flights through the "
-                                               "feature store (the engine's original pipeline).")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
-        given = [k for k in ("path", "loader", "builtin") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of path, loader, builtin (got {given or 'none'})")
+        given = [k for k in ("path", "loader") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(f"give one of path, loader (got {given})")
         if self.loader and ":" not in self.loader:
             raise ValueError(f"loader {self.loader!r}: must be 'file.py:function'")
         return self
@@ -71,6 +69,30 @@ class FeastSpec(_Strict):
     def _callable_ref(cls, value: str) -> str:
         if ":" not in value:
             raise ValueError(f"{value!r}: must be 'file.py:function'")
+        return value
+
+
+class PipelineSpec(_Strict):
+    """A use case that brings its own pipeline code (an installed package) instead of the engine's
+    landing and feature-table steps: each entry is a 'package.module:function' ref."""
+
+    history: str = Field(description="(settings, *, feature_home, start, end, progress) -> the labelled History "
+                         "the backtest replays.")
+    ingest: str = Field(description="(settings, sessions, *, path, until, refresh, progress) -> a JSON-ready "
+                        "summary: `retrain ingest` of a batch file or of the history released up to `until`.")
+    catch_up: str = Field(description="(settings, now) -> what was done: land what the clock released (replays), "
+                          "rebuild the feature tables, materialize up to `now`.")
+    apply: str = Field(description="(settings) -> None: `feast apply` of the use case's repository.")
+    frame_provider: str = Field(description="(settings) -> FrameProvider: training and evaluation frames of a "
+                                "window through the feature service.")
+    demo: str | None = Field(default=None, description="(settings, policy, *, quick, until, fresh, exit_after) -> "
+                             "None: `retrain demo` of this use case.")
+
+    @field_validator("history", "ingest", "catch_up", "apply", "frame_provider", "demo")
+    @classmethod
+    def _module_ref(cls, value: str | None) -> str | None:
+        if value is not None and (":" not in value or value.partition(":")[0].endswith(".py")):
+            raise ValueError(f"{value!r}: must be 'package.module:function'")
         return value
 
 
@@ -111,14 +133,18 @@ class UseCaseSpec(_Strict):
 
     name: str = Field(pattern=NAME_PATTERN, description="Model name: registry, aliases, events use it.")
     description: str = ""
+    default: bool = Field(default=False, description="The use case commands act on when RETRAIN_USECASE is "
+                          "not set and no --usecase is given.")
     objective: Objective
     data: DataSpec
     label: LabelSpec
     prediction_offset_hours: float = Field(default=0.0, ge=0, description="A prediction is made this long "
                                            "before the event time; features use only what was known then.")
     features: FeaturesSpec
-    feast: FeastSpec | None = Field(default=None, description="Its own Feast repository (none: the engine's "
-                                    "feature_repo/, the flights pipeline).")
+    feast: FeastSpec | None = Field(default=None, description="Its own Feast repository, fed by the engine's "
+                                    "landing (none: the pipeline's own code, or no feature store).")
+    pipeline: PipelineSpec | None = Field(default=None, description="Its own pipeline code (an installed "
+                                          "package) for landing, feature tables, training frames and history.")
     request: list[RequestField] = Field(default_factory=list, description="Serving request fields.")
     slices: list[str] = Field(default_factory=list, description="Columns the gates check per value.")
     model_params: dict[str, Any] = Field(default_factory=dict, description="LightGBM parameters.")
@@ -143,6 +169,13 @@ class UseCaseSpec(_Strict):
             raise ValueError("request: duplicate field names")
         if self.label.column in self.features.names:
             raise ValueError(f"features.names: contains the label column {self.label.column!r} (leakage)")
+        sources = [k for k, v in (("data.path", self.data.path), ("data.loader", self.data.loader),
+                                  ("pipeline", self.pipeline)) if v]
+        if len(sources) != 1:
+            raise ValueError(f"give exactly one of data.path, data.loader, pipeline (got {sources or 'none'})")
+        if self.feast is not None and self.pipeline is not None:
+            raise ValueError("give feast (the engine lands rows and builds tables) or pipeline (the use case's own "
+                             "code does), not both")
         return self
 
     def source_file(self) -> Path | None:

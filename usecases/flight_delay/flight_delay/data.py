@@ -29,6 +29,7 @@ FLIGHT_COLUMNS: tuple[str, ...] = (
 OUTCOME_COLUMNS: tuple[str, ...] = ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time")
 KEY_COLUMNS: tuple[str, ...] = ("year", "month", "day", "carrier", "flight", "origin", "sched_dep_time")
 TAXI_IN_MINUTES = 10
+FLIGHTS_TABLE = "flights"  # the offline store's table of landed flights (beside `outcomes`)
 # Destinations served from NYC in 2013 that the package's airports table lacks (Puerto Rico, USVI).
 EXTRA_AIRPORTS: dict[str, str] = {
     "BQN": "Rafael Hernandez Airport",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flight_delay.data import FLIGHTS_TABLE
 from retrain import offline
 from retrain.config import Settings
 from retrain.times import utc_times
@@ -52,7 +53,7 @@ _STATE: dict[str, DelayFacts] = {}
 
 def delay_facts(settings: Settings) -> DelayFacts:
     """The joined outcome facts for `settings.offline_dir`, reading only parts not seen before."""
-    fparts = offline.all_parts(settings, offline.FLIGHTS)
+    fparts = offline.all_parts(settings, FLIGHTS_TABLE)
     oparts = offline.all_parts(settings, offline.OUTCOMES)
     fsigs = [offline.signature(p) for p in fparts]
     osigs = [offline.signature(p) for p in oparts]

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from flight_delay.data import load_planes, load_weather
+from flight_delay.data import FLIGHTS_TABLE, load_planes, load_weather
 from flight_delay.delay_facts import delay_facts
 from retrain import feature_store
 from retrain.config import Settings
 from retrain.feature_store import trailing_window_sums
 from retrain.jsonsafe import read_json_state, write_json_atomic
 from retrain.offline import (
+    OUTCOMES,
     parts_fingerprint,
     read_table,
     write_parquet_atomic,
@@ -227,7 +228,7 @@ def refresh_feature_tables(settings: Settings, known_until: TimeLike | None = No
     last build (the retrain flow's catch-up after the demo already refreshed).
     """
     marker = features_dir(settings) / ".tables.json"
-    key = {"parts": parts_fingerprint(settings), "known_until": None if known_until is None
+    key = {"parts": parts_fingerprint(settings, (FLIGHTS_TABLE, OUTCOMES)), "known_until": None if known_until is None
            else to_utc(known_until).isoformat()}
     built = read_json_state(marker)
     if (built is not None and built.get("key") == key

@@ -28,6 +28,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from flight_delay import data
+from flight_delay.data import FLIGHTS_TABLE
 from flight_delay.ingest_contract import (
     DELAY_RANGE,
     BatchRejected,
@@ -185,7 +186,7 @@ def landed_flight_ids(settings: Settings, sessions: sessionmaker[Session]) -> Ma
     """
     with sessions() as session:
         ids = _landed_batch_ids(session, "flights")
-    parts = [offline.part_path(settings, offline.FLIGHTS, i) for i in ids]
+    parts = [offline.part_path(settings, FLIGHTS_TABLE, i) for i in ids]
     return _part_ids(parts, "flight_id", "batch_id")
 
 
@@ -328,7 +329,7 @@ def _insert_quarantine(session: Session, quarantine: pd.DataFrame, raw_columns: 
         {
             "batch_id": batch_id,
             "row_number": int(rn),
-            "flight_id": _storable_id(fid),
+            "row_key": _storable_id(fid),
             "field": str(field),
             "rule": str(rule),
             "reason": str(reason),
@@ -413,7 +414,7 @@ def _land(
             flights, outcomes = build_parts(batch_id)
             landed_path: Path | None = None
             if flights is not None and len(flights):
-                part = offline.part_path(settings, offline.FLIGHTS, batch_id)
+                part = offline.part_path(settings, FLIGHTS_TABLE, batch_id)
                 landed_path = offline.write_parquet_atomic(flights, part)
                 written.append(landed_path)
             if len(outcomes):
@@ -435,14 +436,14 @@ def _land(
             batch.quarantined = len(quarantine)
             batch.outcomes = len(outcomes)
             batch.landed_path = str(landed_path) if landed_path else None
-            batch.min_sched_dep = _py_utc(sched.min()) if len(sched) else None
-            batch.max_sched_dep = _py_utc(sched.max()) if len(sched) else None
+            batch.min_event_time = _py_utc(sched.min()) if len(sched) else None
+            batch.max_event_time = _py_utc(sched.max()) if len(sched) else None
             result = IngestResult(
                 batch_id=batch_id, kind=kind, source=source, status="landed", received=received, accepted=accepted,
                 quarantined=len(quarantine), outcomes=len(outcomes), reasons=_reason_counts(quarantine),
                 extra_columns=extra, content_hash=digest, landed_path=batch.landed_path,
-                quarantine_path=str(q_path) if q_path else None, min_sched_dep=batch.min_sched_dep,
-                max_sched_dep=batch.max_sched_dep,
+                quarantine_path=str(q_path) if q_path else None, min_sched_dep=batch.min_event_time,
+                max_sched_dep=batch.max_event_time,
             )
             result.message = _landed_message(result)
     except Exception as err:
@@ -711,7 +712,7 @@ REPLAY_MARK = "replay_watermark.json"  # {"until", "last_batch"}: how far the re
 
 def last_landed_sched_dep(sessions: sessionmaker[Session], *, replay_only: bool = False) -> datetime | None:
     """Latest scheduled departure among landed flights batches (optionally replay batches only)."""
-    query = select(func.max(IngestionBatch.max_sched_dep)).where(
+    query = select(func.max(IngestionBatch.max_event_time)).where(
         IngestionBatch.kind == "flights", IngestionBatch.status == "landed"
     )
     if replay_only:
