@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from flight_delay.history import load_history
-from retrain import backtest
-from retrain.config import base_settings
+from retrain.backtest import replay as backtest
+from retrain.core.config import base_settings
 from retrain.usecase.catalog import load_usecase, settings_for
 
 # name -> (policy, Settings overrides)

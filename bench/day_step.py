@@ -53,8 +53,8 @@ def main() -> None:
     from flight_delay.data import ReplayClock
     from flight_delay.features import refresh_feature_tables
     from flight_delay.ingest import replay_until
-    from retrain.config import get_settings
-    from retrain.registry import open_registry
+    from retrain.core.config import get_settings
+    from retrain.models.registry import open_registry
 
     settings = get_settings()
     settings.ensure_dirs()

@@ -26,8 +26,8 @@ from tests.support.flights import flight_settings
 
 from flight_delay.data import load_flights_raw
 from flight_delay.ingest import ingest_file
-from retrain import db
-from retrain.config import Settings
+from retrain.core import db
+from retrain.core.config import Settings
 
 EXPECTED_ROWS = 336_776
 EXPECTED_OUTCOMES = 327_346

@@ -134,7 +134,7 @@ def bare(spec: dict[str, Any]) -> dict[str, Any]:
     evalf = bare_frame(ts["eval_from"], ts["eval_to"], tables, flights, features)
     t_join = time.perf_counter()
 
-    # the same time split as retrain.train.time_split: the last fraction by time, cut on a timestamp
+    # the same time split as retrain.models.train.time_split: the last fraction by time, cut on a timestamp
     times = train["sched_dep"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
     cut = min(int(np.floor(len(train) * (1.0 - spec["validation_fraction"]))), len(train) - 1)
     cut = int(np.searchsorted(times, times[cut], side="left"))
@@ -202,9 +202,10 @@ def build_home(settings: Any, say: Any) -> dict[str, Any]:
     from flight_delay import features as F
     from flight_delay.ingest import replay_until
     from flight_delay.pipeline import frame_provider
-    from retrain import clock, registry
-    from retrain import feature_store as FS
-    from retrain.train import train_version
+    from retrain.core import clock
+    from retrain.features import store as FS
+    from retrain.models import registry
+    from retrain.models.train import train_version
 
     marker = settings.home / "bench_loop_home.json"
     sessions = registry.open_registry(settings)
@@ -245,7 +246,7 @@ def build_home(settings: Any, say: Any) -> dict[str, Any]:
 
 
 def start_prefect(settings: Any, env: dict[str, str]) -> None:
-    from retrain import services
+    from retrain.core import services
 
     services.start(settings, services.prefect_server_spec(settings), timeout=180)
     services.ensure_pool_and_deploy(settings)
@@ -279,7 +280,7 @@ def loop_once(settings: Any, prefect: Any, http: Any, flight: dict[str, Any], ch
     """Emit one alert, wait until the service answers with another version; phases from the Prefect API."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
 
-    from retrain import events, services
+    from retrain.core import events, services
 
     assert served_version(http, flight) == champion, "the service must answer with the champion first"
     api = services.prefect_api_url(settings)
@@ -334,7 +335,7 @@ def loop_once(settings: Any, prefect: Any, http: Any, flight: dict[str, Any], ch
 
 def reset_champion(settings: Any, http: Any, flight: dict[str, Any], first: str, timeout: float = 120.0) -> None:
     """Make the first champion the champion again and wait until the service answers with it."""
-    from retrain import registry
+    from retrain.models import registry
 
     registry.promote(registry.open_registry(settings), first, reason="bench/loop.py: next pass", actor="bench")
     deadline = time.monotonic() + timeout
@@ -347,8 +348,8 @@ def reset_champion(settings: Any, http: Any, flight: dict[str, Any], first: str,
 def loop_facts(settings: Any, served: str) -> dict[str, Any]:
     from sqlalchemy import select
 
-    from retrain import registry
-    from retrain.db import Evaluation, ModelVersion
+    from retrain.core.db import Evaluation, ModelVersion
+    from retrain.models import registry
 
     sessions = registry.open_registry(settings)
     with sessions() as s:
@@ -365,7 +366,7 @@ def loop_facts(settings: Any, served: str) -> dict[str, Any]:
 def eval_cells_match(settings: Any, dump: Path, start: datetime, end: datetime) -> dict[str, Any]:
     """The bare eval frame vs Feast's point-in-time frame for the same window (untimed check)."""
     from flight_delay import features as F
-    from retrain import feature_store as FS
+    from retrain.features import store as FS
 
     feast = F.training_set(FS.open_store(settings), settings, start, end).frame
     mine = pd.read_parquet(dump)
@@ -477,10 +478,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
 
-    from retrain import services
-    from retrain.config import get_settings
-    from retrain.retraining import plan_windows
-    from retrain.train import default_params
+    from retrain.alerts.retraining import plan_windows
+    from retrain.core import services
+    from retrain.core.config import get_settings
+    from retrain.models.train import default_params
 
     settings = get_settings()
     settings.ensure_dirs()
@@ -545,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         result["cells"] = eval_cells_match(settings, home / "bare_eval.parquet", windows.eval_from, windows.eval_to)
         result["bento_build_s"] = None
         if not args.no_bento:
-            from retrain.promotion import build_bento, delete_bento
+            from retrain.models.promotion import build_bento, delete_bento
 
             t = time.perf_counter()
             tag = build_bento(settings, result["facts"]["tag"])

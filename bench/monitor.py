@@ -34,9 +34,10 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support.flights import flight_settings
 
-from retrain import db
-from retrain.config import Settings
-from retrain.monitor import build_reference_profile, run_monitoring
+from retrain.core import db
+from retrain.core.config import Settings
+from retrain.core.stats import build_reference_profile
+from retrain.monitoring.monitor import run_monitoring
 
 try:  # the real contract when available; the bench does not need Feast itself
     from flight_delay.features import MODEL_FEATURES

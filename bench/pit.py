@@ -38,8 +38,8 @@ from tests.support.flights import flight_settings
 
 from flight_delay import features as F
 from flight_delay.data import ReplayClock, enrich_flights, load_flights, outcomes_of
-from retrain import feature_store as FS
-from retrain.config import Settings
+from retrain.core.config import Settings
+from retrain.features import store as FS
 
 if TYPE_CHECKING:
     from feast import FeatureStore

@@ -43,8 +43,8 @@ import pandas as pd
 
 from flight_delay import features as F
 from flight_delay.serving import SERVICE_IMPORT
-from retrain.config import REPO_ROOT, Settings
-from retrain.serving import serve_argv, serve_env
+from retrain.core.config import REPO_ROOT, Settings
+from retrain.serving.runtime import serve_argv, serve_env
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retrain import train
-from retrain.config import Settings, get_settings
+from retrain.core.config import Settings, get_settings
+from retrain.models import train
 
 
 def real_frame(settings: Settings, start: str, end: str, cache: Path | None = None) -> tuple[Any, float | None]:
     """The training set through the feature service; `cache` keeps it as parquet between runs."""
     from flight_delay import features
-    from retrain import feature_store as FS
+    from retrain.features import store as FS
 
     if cache is not None and cache.exists():
         meta = json.loads(cache.with_suffix(".json").read_text())
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     frame, feats = tset.frame, list(tset.feature_names)
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
     settings = data_settings.model_copy(update={"home": scratch, "database_url": None})
-    from retrain.registry import open_registry
+    from retrain.models.registry import open_registry
 
     sessions = open_registry(settings)
     last: dict[str, Any] = {}

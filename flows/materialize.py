@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import flow, task
 
-from retrain.config import get_settings
-from retrain.feature_store import materialize_until, open_store
+from retrain.core.config import get_settings
+from retrain.features.store import materialize_until, open_store
 
 
 @task(retries=2, retry_delay_seconds=5)

@@ -8,11 +8,11 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
-from retrain import clock
-from retrain.monitor import monitoring_history, plot_history, run_monitoring
-from retrain.monitor_alerts import send_alerts
-from retrain.registry import open_registry
-from retrain.times import to_utc
+from retrain.core import clock
+from retrain.core.times import to_utc
+from retrain.models.registry import open_registry
+from retrain.monitoring.alerts import send_alerts
+from retrain.monitoring.monitor import monitoring_history, plot_history, run_monitoring
 from retrain.usecase.pipeline import settings_of
 
 

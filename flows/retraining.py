@@ -13,11 +13,11 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from retrain import clock
-from retrain.events import AlertPayload
-from retrain.reconcile import covering_retrain, reconcile_runs
-from retrain.registry import open_registry
-from retrain.retraining import run_retrain
+from retrain.alerts.reconcile import covering_retrain, reconcile_runs
+from retrain.alerts.retraining import run_retrain
+from retrain.core import clock
+from retrain.core.events import AlertPayload
+from retrain.models.registry import open_registry
 from retrain.usecase.pipeline import pipeline_for, settings_of
 
 Scalar = str | float | int | None

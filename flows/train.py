@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from retrain.train import TrainingError
+from retrain.models.train import TrainingError
 from retrain.usecase.pipeline import pipeline_for
 
 

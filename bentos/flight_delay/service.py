@@ -2,7 +2,7 @@
 
 Run from the repo root (offline):  `bentoml serve bentos.flight_delay.service:FlightDelay`
 with `RETRAIN_HOME`, `BENTOML_HOME=$RETRAIN_HOME/bentoml` and `BENTOML_DO_NOT_TRACK=True` set
-(`retrain.serving.serve_env` builds that environment). Without arguments every worker follows the
+(`retrain.serving.runtime.serve_env` builds that environment). Without arguments every worker follows the
 registry's `champion` alias. A bento built at promotion is pinned to its model:
 `bentoml build -f bentos/flight_delay/bentofile.yaml --arg model_tag=flight_delay:<version> .`
 serves that model (add `--arg follow=true` to still follow the registry from it).
@@ -30,10 +30,10 @@ from pydantic import BaseModel
 
 from flight_delay.serving import FlightsRuntime
 from flight_delay.serving_schema import FlightIn, PredictRequest, PredictResponse
-from retrain.config import get_settings
-from retrain.intake import IntakeUnavailable, alertmanager_intake
-from retrain.serving import ApiKeyMiddleware, NotReadyError, PinnedModel
-from retrain.serving_models import ModelInfo
+from retrain.alerts.intake import IntakeUnavailable, alertmanager_intake
+from retrain.core.config import get_settings
+from retrain.serving.models import ModelInfo
+from retrain.serving.runtime import ApiKeyMiddleware, NotReadyError, PinnedModel
 
 
 class BuildArgs(BaseModel):
@@ -53,7 +53,7 @@ class FlightDelay:
     pinned_model = bentoml.models.BentoModel(args.model_tag) if args.model_tag else None
 
     def __init__(self) -> None:
-        from retrain.modelstore import MODEL_FILENAME
+        from retrain.models.store import MODEL_FILENAME
 
         logging.getLogger("retrain").setLevel(logging.INFO)  # swaps, spills, replays reach the server log
 
@@ -100,4 +100,4 @@ class FlightDelay:
 
 
 FlightDelay.add_asgi_middleware(ApiKeyMiddleware)  # type: ignore[attr-defined]
-FlightDelayService = FlightDelay  # the name retrain.services.bento_spec starts
+FlightDelayService = FlightDelay  # the name retrain.core.services.bento_spec starts

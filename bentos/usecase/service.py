@@ -10,7 +10,7 @@ imported, because the `/predict` body and answer models (and so `/docs.json`) ar
         --arg model_tag=bike_sharing:<version> .          # pinned to one model
 
 Run from the repo root with `RETRAIN_HOME`, `BENTOML_HOME=$RETRAIN_HOME/bentoml` and
-`BENTOML_DO_NOT_TRACK=True` set (`retrain.serving.serve_env`). Without `model_tag` every worker follows
+`BENTOML_DO_NOT_TRACK=True` set (`retrain.serving.runtime.serve_env`). Without `model_tag` every worker follows
 the registry's `champion` alias of the use case.
 
 Endpoints: `POST /predict` (`{"rows": [...]}` with the spec's request fields; a rule broken answers 400
@@ -29,9 +29,9 @@ from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from retrain.config import Settings, base_settings
-from retrain.serving import ApiKeyMiddleware, NotReadyError, PinnedModel
-from retrain.serving_models import ModelInfo
+from retrain.core.config import Settings, base_settings
+from retrain.serving.models import ModelInfo
+from retrain.serving.runtime import ApiKeyMiddleware, NotReadyError, PinnedModel
 from retrain.usecase.catalog import SHIPPED_DIR
 from retrain.usecase.request import request_models
 from retrain.usecase.serving import UseCaseRuntime, served_usecase
@@ -45,7 +45,7 @@ class BuildArgs(BaseModel):
 
 def _base() -> Settings:
     """Global settings; inside a built bento the use cases sit next to this file's package (`src/usecases`,
-    not where `retrain.config.REPO_ROOT` points), so they are searched there unless a dir is configured."""
+    not where `retrain.core.config.REPO_ROOT` points), so they are searched there unless a dir is configured."""
     base = base_settings()
     bundled = Path(__file__).resolve().parents[2] / "usecases"
     if base.usecases_dir is None and bundled.is_dir() and bundled != SHIPPED_DIR.resolve():
@@ -75,7 +75,7 @@ class UseCaseService:
     pinned_model = bentoml.models.BentoModel(args.model_tag) if args.model_tag else None
 
     def __init__(self) -> None:
-        from retrain.modelstore import MODEL_FILENAME
+        from retrain.models.store import MODEL_FILENAME
 
         logging.getLogger("retrain").setLevel(logging.INFO)  # swaps, spills, replays reach the server log
         pinned = None

@@ -31,10 +31,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from retrain import clock, events, registry, services
-from retrain.config import Settings, get_settings
-from retrain.db import Alert, Evaluation, ModelVersion, Promotion
-from retrain.reconcile import CANCELLED, reconcile_cancelled
+from retrain.alerts.reconcile import CANCELLED, reconcile_cancelled
+from retrain.core import clock, events, services
+from retrain.core.config import Settings, get_settings
+from retrain.core.db import Alert, Evaluation, ModelVersion, Promotion
+from retrain.models import registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -142,8 +143,8 @@ def build_home(settings: Settings) -> str:
     from flight_delay import features as F
     from flight_delay.ingest import replay_until
     from flight_delay.pipeline import frame_provider
-    from retrain import feature_store as FS
-    from retrain.train import train_version
+    from retrain.features import store as FS
+    from retrain.models.train import train_version
 
     settings.ensure_dirs()
     settings.export_env()

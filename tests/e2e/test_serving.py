@@ -32,8 +32,9 @@ from tests.support.serving_home import (
 )
 
 from flight_delay.features import MODEL_FEATURES
-from retrain import modelstore, registry
-from retrain.db import ModelVersion, Prediction
+from retrain.core.db import ModelVersion, Prediction
+from retrain.models import registry
+from retrain.models import store as modelstore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -31,9 +31,10 @@ from sqlalchemy import func, select
 from tests.e2e.test_loop import LOOP_ENV, Loop, evaluation_of, start_prefect
 from tests.support.models import fake_version_fields
 
-from retrain import clock, registry, services
-from retrain.config import Settings, get_settings
-from retrain.db import Alert, Evaluation, ModelVersion
+from retrain.core import clock, services
+from retrain.core.config import Settings, get_settings
+from retrain.core.db import Alert, Evaluation, ModelVersion
+from retrain.models import registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -60,7 +61,7 @@ class UseCaseStack:
 
 def build_home(settings: Settings) -> tuple[str, str]:
     """Bike hours landed to NOW, `feast apply`, online store to NOW, champion; a flights champion row."""
-    from retrain.feature_store import materialize_until
+    from retrain.features.store import materialize_until
     from retrain.usecase import featurestore, landing
     from retrain.usecase.pipeline import Pipeline, settings_of
 
@@ -188,10 +189,10 @@ def kiosk_csv(path: Any) -> Any:
 
 def test_a_usecase_made_by_init_runs_the_same_loop(stack: UseCaseStack) -> None:
     """`retrain init` -> ingest -> apply -> materialize -> train -> promote -> serve -> alert -> retrain."""
-    from retrain import events
-    from retrain.config import base_settings
-    from retrain.demo_usecase import request_rows
-    from retrain.feature_store import materialize_until
+    from retrain.core import events
+    from retrain.core.config import base_settings
+    from retrain.demo.usecase import request_rows
+    from retrain.features.store import materialize_until
     from retrain.usecase import featurestore, landing
     from retrain.usecase.pipeline import Pipeline, settings_of
     from retrain.usecase.scaffold import init_usecase

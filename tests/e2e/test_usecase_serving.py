@@ -14,8 +14,8 @@ from sqlalchemy import select
 from tests.support.bike_home import HOURS, USECASE, BikeHome, bike_env, build_bike_home, offline_score, payload
 from tests.support.serving_home import Server, start_server, wait_for
 
-from retrain.config import get_settings
-from retrain.db import Prediction
+from retrain.core.config import get_settings
+from retrain.core.db import Prediction
 from retrain.usecase.serving import SERVICE_IMPORT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -13,7 +13,7 @@ from tests.support.flights import flight_settings
 
 from flight_delay import features as F
 from flight_delay.history import load_history
-from retrain import backtest
+from retrain.backtest import replay as backtest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -31,8 +31,8 @@ from tests.support.flights import flight_settings
 
 from flight_delay import features as F
 from flight_delay.data import load_flights, load_weather
-from retrain import feature_store as FS
-from retrain.config import REPO_ROOT, Settings
+from retrain.core.config import REPO_ROOT, Settings
+from retrain.features import store as FS
 
 if TYPE_CHECKING:
     from feast import FeatureStore

@@ -18,8 +18,9 @@ from tests.support.pg import scratch_database
 from flight_delay import data
 from flight_delay.data import FLIGHTS_TABLE
 from flight_delay.ingest import BatchRejected, ingest_file, ingest_frame, replay_until
-from retrain import db, offline
-from retrain.status import summary
+from retrain.core import db
+from retrain.core.status import summary
+from retrain.features import offline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrain.config import base_settings, get_settings
+from retrain.core.config import base_settings, get_settings
 from retrain.usecase import featurestore as FS
 from retrain.usecase import generic
 from retrain.usecase.catalog import load_callable, settings_for

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
-from retrain.config import base_settings, get_settings
-from retrain.db import IngestionBatch, ModelVersion, Outcome
-from retrain.registry import open_registry
+from retrain.core.config import base_settings, get_settings
+from retrain.core.db import IngestionBatch, ModelVersion, Outcome
+from retrain.models.registry import open_registry
 from retrain.usecase import featurestore as FS
 from retrain.usecase.catalog import load_usecase, settings_for
 from retrain.usecase.landing import landed_rows, replay_until
@@ -69,9 +69,9 @@ def test_train_registers_a_regression_model_under_the_usecase(bike: tuple) -> No
 def test_evaluator_judges_a_regression_challenger_on_fresh_data(bike: tuple) -> None:
     """First model on Jan-Feb 2011 promoted; a challenger trained on a later window is judged on March
     with the regression gates (RMSE bootstrap, season slices), recorded in the system of record."""
-    from retrain import registry
-    from retrain.db import Evaluation
-    from retrain.evaluate import evaluate_version
+    from retrain.core.db import Evaluation
+    from retrain.evaluation.evaluate import evaluate_version
+    from retrain.models import registry
     from retrain.usecase.training import frame_provider
 
     spec, settings, sessions, raw = bike

@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support.models import fake_version_fields
 
-from retrain import modelstore, registry
-from retrain.config import Settings, get_settings
-from retrain.train import fit
+from retrain.core.config import Settings, get_settings
+from retrain.models import registry
+from retrain.models import store as modelstore
+from retrain.models.train import fit
 from retrain.usecase import featurestore as FS
 from retrain.usecase.spec import UseCaseSpec
 

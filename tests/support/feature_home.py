@@ -21,8 +21,8 @@ import pandas as pd
 
 from flight_delay import features as F
 from flight_delay.data import ReplayClock, enrich_flights, load_flights, outcomes_of
-from retrain.config import Settings
-from retrain.times import to_utc
+from retrain.core.config import Settings
+from retrain.core.times import to_utc
 
 JAN_FEB_END = pd.Timestamp("2013-03-01", tz="UTC")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from retrain.config import Settings
+from retrain.core.config import Settings
 from retrain.usecase.catalog import load_usecase, settings_for
 
 

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.support.flights import flight_settings
 
 from flight_delay import data
-from retrain import db
-from retrain.config import Settings
+from retrain.core import db
+from retrain.core.config import Settings
 
 
 @dataclass(frozen=True)

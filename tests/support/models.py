@@ -18,9 +18,9 @@ import pandas as pd
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support.flights import flight_settings
 
-from retrain.config import Settings
-from retrain.registry import open_registry
-from retrain.times import to_utc
+from retrain.core.config import Settings
+from retrain.core.times import to_utc
+from retrain.models.registry import open_registry
 
 FEATURES = ["x1", "x2", "x3"]
 CHANGE = pd.Timestamp("2013-03-01", tz="UTC")

@@ -32,11 +32,11 @@ from tests.support.flights import flight_settings
 
 from flight_delay import features as F
 from flight_delay.serving import SERVICE_IMPORT as FLIGHTS_SERVICE
-from retrain import feature_store as FS
-from retrain.config import Settings
-from retrain.db import Alias, ModelVersion, make_engine, session_factory, transaction, upgrade
-from retrain.serving import serve_argv, serve_cwd, serve_env
-from retrain.times import to_utc
+from retrain.core.config import Settings
+from retrain.core.db import Alias, ModelVersion, make_engine, session_factory, transaction, upgrade
+from retrain.core.times import to_utc
+from retrain.features import store as FS
+from retrain.serving.runtime import serve_argv, serve_cwd, serve_env
 
 PARITY_FROM = pd.Timestamp("2013-02-10 11:00", tz="UTC")
 PARITY_TO = pd.Timestamp("2013-02-10 12:00", tz="UTC")
@@ -86,7 +86,7 @@ def sessions_for(settings: Settings) -> sessionmaker[Session]:
 
 def build_serving_home(settings: Settings) -> ServingHome:
     """Land, featurize, materialize, train four versions, make v1 the champion (local profile)."""
-    from retrain import registry, train
+    from retrain.models import registry, train
 
     fh = build_feature_home(settings, until=LANDED_UNTIL)
     with feast_env(settings):
@@ -150,7 +150,7 @@ def flight_payload(row: pd.Series) -> dict[str, Any]:
 
 
 def offline_scores(settings: Settings, tag: str, features: pd.DataFrame) -> np.ndarray:
-    from retrain import modelstore
+    from retrain.models import store as modelstore
 
     booster = modelstore.load_booster(settings, tag)
     return np.asarray(booster.predict(features[F.MODEL_FEATURES].to_numpy("float64")))

@@ -16,9 +16,14 @@ from tests.support.models import FEATURES, year_frame
 from typer.testing import CliRunner
 
 from flight_delay.history import history_from_training_set
-from retrain import backtest, gates, monitor, retraining, train
-from retrain.backtest import BacktestInputError, history_from_frame, run_backtest
-from retrain.config import Settings, get_settings
+from retrain.alerts import retraining
+from retrain.backtest import replay as backtest
+from retrain.backtest.replay import run_backtest
+from retrain.core.config import Settings, get_settings
+from retrain.evaluation import gates
+from retrain.models import train
+from retrain.monitoring import rules
+from retrain.usecase.frames import BacktestInputError, History, history_from_frame, load_table
 
 START = pd.Timestamp("2013-01-07", tz="UTC")  # a Monday: weekly periods start on it
 CHANGE_WEEK = 14
@@ -181,7 +186,7 @@ def flights_history() -> backtest.History:
 def test_the_backtest_calls_the_production_functions() -> None:
     assert backtest.decide is gates.decide
     assert backtest.plan_windows is retraining.plan_windows
-    assert backtest.monitor_frame is monitor.monitor_frame
+    assert backtest.monitor_frame is rules.monitor_frame
     assert backtest.fit_with_settings is train.fit_with_settings
     assert backtest.reference_profile is train.reference_profile
 
@@ -225,8 +230,8 @@ def small_csv(tmp_path: Path, **columns: Any) -> Path:
     return path
 
 
-def load(path: Path, **kw: Any) -> backtest.History:
-    return backtest.load_table(path, time_col=kw.pop("time_col", "ts"), label_col=kw.pop("label_col", "y"), **kw)
+def load(path: Path, **kw: Any) -> History:
+    return load_table(path, time_col=kw.pop("time_col", "ts"), label_col=kw.pop("label_col", "y"), **kw)
 
 
 @pytest.mark.usefixtures("no_training")
@@ -284,7 +289,7 @@ def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def invoke(*args: str) -> Any:
-    from retrain.cli import build_app
+    from retrain.cli.main import build_app
 
     return CliRunner().invoke(build_app(), ["backtest", *args])
 

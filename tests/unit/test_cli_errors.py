@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import typer
 
-import retrain.config
-from retrain.cli import DEBUG_HINT, error_message, main
-from retrain.config import Settings, get_settings
+import retrain.core.config
+from retrain.cli.main import DEBUG_HINT, error_message, main
+from retrain.core.config import Settings, get_settings
 
 RETRAIN = Path(sys.executable).parent / "retrain"
 
@@ -44,7 +44,7 @@ def _fail_with(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
     def boom() -> Settings:
         raise exc
 
-    monkeypatch.setattr(retrain.config, "get_settings", boom)
+    monkeypatch.setattr(retrain.core.config, "get_settings", boom)
 
 
 def _error_lines(text: str) -> list[str]:
@@ -178,7 +178,7 @@ def _fake_store(views: list[Any], registry: str = "sqlite:////tmp/x/feast_regist
 
 
 def test_materialize_until_with_no_views_names_retrain_apply(home: Path) -> None:
-    from retrain.feature_store import NothingAppliedError, materialize_until
+    from retrain.features.store import NothingAppliedError, materialize_until
 
     store = _fake_store([], registry="postgresql+psycopg://retrain:s3cret@db:5432/retrain")
     with pytest.raises(NothingAppliedError, match="retrain apply") as err:
@@ -187,7 +187,7 @@ def test_materialize_until_with_no_views_names_retrain_apply(home: Path) -> None
 
 
 def test_materialize_until_with_no_feature_tables_names_retrain_ingest(home: Path) -> None:
-    from retrain.feature_store import NoFeatureDataError, materialize_until
+    from retrain.features.store import NoFeatureDataError, materialize_until
 
     missing = home / "offline" / "features" / "weather.parquet"
     view = SimpleNamespace(name="weather_hourly", materialization_intervals=[], most_recent_end_time=None,

@@ -13,11 +13,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support.models import Provider, registry_home
 
-from retrain import evaluate, metrics, modelstore, promotion, registry, reports, train
-from retrain.config import Settings
-from retrain.db import Evaluation
-from retrain.evaluate import EvaluationRefused, PromotionFailed, evaluate_version
-from retrain.gates import GateConfig, ServingStats, decide
+from retrain.core import metrics
+from retrain.core.config import Settings
+from retrain.core.db import Evaluation
+from retrain.evaluation import evaluate, gates, reports
+from retrain.evaluation.evaluate import EvaluationRefused, PromotionFailed, evaluate_version
+from retrain.evaluation.gates import GateConfig, ServingStats, decide
+from retrain.models import promotion, registry, train
+from retrain.models import store as modelstore
 
 CONFIG = GateConfig(slice_min_rows=500)
 
@@ -29,7 +32,7 @@ def _latent(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.random.Genera
     return z, y, rng
 
 
-def _gate(decision: evaluate.Decision, name: str) -> evaluate.GateResult:
+def _gate(decision: gates.Decision, name: str) -> gates.GateResult:
     return next(g for g in decision.gates if g.name == name)
 
 

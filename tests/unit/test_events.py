@@ -17,26 +17,28 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import create_engine, select, text
 
-from retrain import db
-from retrain.config import Settings
-from retrain.events import (
+from retrain.alerts.ledger import (
     ADMITTED_DETAIL,
-    EVENT_PROMOTED,
     TERMINAL_OUTCOMES,
-    AlertPayload,
     LedgerDecision,
     admit,
-    alert_event_name,
     blocked_by,
+    finish_alert,
+    record_alert,
+    record_if_blocked,
+)
+from retrain.core import db
+from retrain.core.config import Settings
+from retrain.core.events import (
+    EVENT_PROMOTED,
+    AlertPayload,
+    alert_event_name,
     build_event,
     emit,
-    finish_alert,
     from_alertmanager,
     model_from_resource,
     model_resource,
     post_events_http,
-    record_alert,
-    record_if_blocked,
 )
 
 NOW = datetime(2013, 6, 1, 12, 0, tzinfo=UTC)
@@ -442,11 +444,11 @@ def test_a_registry_rollback_starts_the_cooldown(ledger: tuple[Settings, db.sess
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.support.models import fake_version_fields
 
-    from retrain import registry
+    from retrain.models import registry
 
     settings, sessions = ledger
     clock = {"now": NOW - timedelta(days=10)}
-    monkeypatch.setattr("retrain.clock.now", lambda _s: clock["now"])
+    monkeypatch.setattr("retrain.core.clock.now", lambda _s: clock["now"])
     v1, v2 = (registry.register_version(sessions, **fake_version_fields(i)).version for i in (1, 2))
     registry.promote(sessions, v1, "first", "ops", model_name="flight_delay")
     registry.promote(sessions, v2, "second", "ops", model_name="flight_delay")
@@ -487,10 +489,10 @@ def promotion_during_admit(url: str, settings: Settings, monkeypatch: pytest.Mon
     """
     from tests.support.models import fake_version_fields
 
-    from retrain import registry
+    from retrain.models import registry
 
     clock = {"now": NOW - timedelta(days=10)}
-    monkeypatch.setattr("retrain.clock.now", lambda _s: clock["now"])
+    monkeypatch.setattr("retrain.core.clock.now", lambda _s: clock["now"])
     engine = db.make_engine(url)
     sessions = db.session_factory(engine)
     try:

@@ -18,7 +18,7 @@ from tests.support.flights import flight_settings
 
 from flight_delay import features as F
 from flight_delay.data import load_weather
-from retrain.config import Settings
+from retrain.core.config import Settings
 
 UTC = "UTC"
 

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.support.models import fake_version_fields, registry_home
 
 from flight_delay.features import MODEL_FEATURES
-from retrain import registry
-from retrain.follow import (
+from retrain.models import registry
+from retrain.serving.follow import (
     CHALLENGER,
     CHAMPION,
     ModelFollower,

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from retrain import gates, metrics
-from retrain.gates import GateConfig, SliceResult, day_blocks, decide, holm
-from retrain.gates_regression import decide_regression, row_loss
-from retrain.gates_regression import improvement_gate as regression_improvement_gate
+from retrain.core import metrics
+from retrain.evaluation import gates
+from retrain.evaluation.gates import GateConfig, SliceResult, day_blocks, decide, holm
+from retrain.evaluation.gates_regression import decide_regression, row_loss
+from retrain.evaluation.gates_regression import improvement_gate as regression_improvement_gate
 
 CONFIG = GateConfig()
 
@@ -312,7 +313,7 @@ def test_slice_results_stay_backward_compatible() -> None:
 
 
 def test_block_settings_default_until_settings_carry_them(tmp_path: Path) -> None:
-    from retrain.config import Settings
+    from retrain.core.config import Settings
 
     config = GateConfig.from_settings(Settings(home=tmp_path))
     assert config.block_hours == 24.0 and config.min_blocks == 5 and config.alpha == pytest.approx(0.05)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrain.gates import GateConfig, ServingStats
-from retrain.gates_regression import decide_regression, row_loss
+from retrain.evaluation.gates import GateConfig, ServingStats
+from retrain.evaluation.gates_regression import decide_regression, row_loss
 
 CONFIG = GateConfig(slice_min_rows=100, slice_tolerance=0.05)
 
@@ -90,7 +90,7 @@ def test_first_model_and_serving_gates() -> None:
 
 
 def test_regression_report_shows_rmse_and_a_predicted_vs_observed_plot(tmp_path: Path) -> None:
-    from retrain import reports
+    from retrain.evaluation import reports
 
     y, x = _data()
     rng = np.random.default_rng(4)

@@ -18,7 +18,7 @@ from tests.support.ingest_home import Home, make_home, real_flights
 from flight_delay import data, features
 from flight_delay.data import FLIGHTS_TABLE
 from flight_delay.ingest import REPLAY_MARK, ingest_frame, replay_until
-from retrain import offline
+from retrain.features import offline
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from flight_delay import data, ingest
 from flight_delay.data import FLIGHTS_TABLE
 from flight_delay.ingest import BatchRejected, ingest_file, ingest_frame, ingest_outcomes, replay_until
-from retrain import db, offline
-from retrain.config import get_settings
-from retrain.status import summary
+from retrain.core import db
+from retrain.core.config import get_settings
+from retrain.core.status import summary
+from retrain.features import offline
 
 FLIGHT_PART = "offline/flights/part-{:08d}.parquet"
 OUTCOME_PART = "offline/outcomes/part-{:08d}.parquet"
@@ -289,7 +290,7 @@ def test_status_summary_counts(home: Home) -> None:
 
 
 def test_cli_ingest_json_refusal_and_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from retrain.cli import build_app
+    from retrain.cli.main import build_app
 
     monkeypatch.setenv("RETRAIN_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("RETRAIN_DATABASE_URL", raising=False)
@@ -347,7 +348,7 @@ def test_flow_tasks_call_the_ingest_functions(tmp_path: Path, monkeypatch: pytes
     """The flow's task bodies, run without a Prefect server (`.fn`)."""
     import importlib.util
 
-    from retrain.config import REPO_ROOT
+    from retrain.core.config import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("flows_ingest_under_test", REPO_ROOT / "flows" / "ingest.py")
     assert spec is not None and spec.loader is not None
@@ -359,10 +360,14 @@ def test_flow_tasks_call_the_ingest_functions(tmp_path: Path, monkeypatch: pytes
     try:
         path = tmp_path / "b.csv"
         real_flights().iloc[:100].to_csv(path, index=False)
-        result = flows.ingest_file_task.fn(str(path))
+        result = flows.ingest_task.fn("flight_delay", str(path), None)
         assert (result["status"], result["accepted"]) == ("landed", 100)
-        assert flows.ingest_file_task.fn(str(path))["status"] == "duplicate"
-        assert flows.retry_unless_refused(None, None, type("S", (), {"data": BatchRejected("x")})()) is False
+        assert flows.ingest_task.fn("", str(path), None)["status"] == "duplicate"  # "": the default use case
+        empty = tmp_path / "empty.csv"
+        empty.write_text("year,month\n")
+        with pytest.raises(flows.BatchRefused):
+            flows.ingest_task.fn("flight_delay", str(empty), None)
+        assert flows.retry_unless_refused(None, None, type("S", (), {"data": flows.BatchRefused("x")})()) is False
         assert flows.retry_unless_refused(None, None, type("S", (), {"data": OSError("x")})()) is True
     finally:
         get_settings.cache_clear()

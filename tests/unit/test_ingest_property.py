@@ -29,7 +29,7 @@ from flight_delay import data
 from flight_delay.data import FLIGHTS_TABLE
 from flight_delay.ingest import ingest_file, ingest_frame
 from flight_delay.ingest_contract import NULLABLE_COLUMNS
-from retrain import offline
+from retrain.features import offline
 
 N_ROWS = 600
 N_PRELANDED = 40

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import select
 from tests.support.flights import flight_settings
 
-from retrain import events, intake
-from retrain.db import Alert
-from retrain.registry import open_registry
+from retrain.alerts import intake
+from retrain.core import events
+from retrain.core.db import Alert
+from retrain.models.registry import open_registry
 
 
 def body(status: str, **labels: str) -> dict[str, Any]:

@@ -34,9 +34,11 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from tests.support.models import fake_version_fields
 
-from retrain import db, events, registry, retraining
-from retrain.config import Settings
-from retrain.reconcile import CANCELLED, CRASHED, FAILED, EndedRun, record_ended
+from retrain.alerts import ledger, retraining
+from retrain.alerts.reconcile import CANCELLED, CRASHED, FAILED, EndedRun, record_ended
+from retrain.core import db, events
+from retrain.core.config import Settings
+from retrain.models import registry
 
 MODELS = ("uc_a", "uc_b")
 KEYS = ("k0", "k1", None)  # None: the ledger buckets the alert by time
@@ -68,7 +70,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     db.upgrade(settings.db_url)
     engine = db.make_engine(settings.db_url)
     sessions = db.session_factory(engine)
-    with mock.patch("retrain.clock.now", lambda _s: T0 - timedelta(days=10)):
+    with mock.patch("retrain.core.clock.now", lambda _s: T0 - timedelta(days=10)):
         for model in MODELS:
             for i in range(SPARES):
                 add_version(sessions, model, spare(model, i))
@@ -244,7 +246,7 @@ class Sim:
         """At most one running retrain per use case: this one while it trains, else at most one dead one."""
         running: dict[str, int] = dict.fromkeys(MODELS, 0)
         for row in self.rows():
-            if row.outcome == "run" and row.detail == events.ADMITTED_DETAIL:
+            if row.outcome == "run" and row.detail == ledger.ADMITTED_DETAIL:
                 running[row.model_name] += 1
         assert all(n <= 1 for n in running.values()), f"running retrains per use case: {running}"
         if retraining_model is not None:
@@ -259,8 +261,8 @@ class Sim:
         rows = self.rows()
         by_run: dict[str, list[db.Alert]] = {}
         for row in rows:
-            assert row.outcome in events.TERMINAL_OUTCOMES, (row.id, row.outcome)
-            assert row.detail and row.detail.strip() and row.detail != events.ADMITTED_DETAIL, (row.id, row.detail)
+            assert row.outcome in ledger.TERMINAL_OUTCOMES, (row.id, row.outcome)
+            assert row.detail and row.detail.strip() and row.detail != ledger.ADMITTED_DETAIL, (row.id, row.detail)
             by_run.setdefault(str(row.flow_run_id), []).append(row)
         assert sorted(by_run) == sorted(self.final), "every alert (flow run) has a row, and only those"
         for run_id, outcome in self.final.items():
@@ -298,7 +300,7 @@ def test_any_interleaving_keeps_the_ledger_sound(template: Path, steps: list[tup
     with tempfile.TemporaryDirectory() as tmp:
         sim = Sim(template, Path(tmp))
         try:
-            with mock.patch("retrain.clock.now", lambda _s: sim.now):  # promotions stamped on the same clock
+            with mock.patch("retrain.core.clock.now", lambda _s: sim.now):  # promotions stamped on the same clock
                 for minutes, step in steps:
                     sim.now += timedelta(minutes=minutes)
                     sim.step(step)
@@ -314,7 +316,7 @@ def test_the_property_sees_a_crash_that_blocks_a_key(template: Path) -> None:
         sim = Sim(template, Path(tmp))
         sim.reconcile = lambda: None  # type: ignore[method-assign]
         try:
-            with mock.patch("retrain.clock.now", lambda _s: sim.now):
+            with mock.patch("retrain.core.clock.now", lambda _s: sim.now):
                 sim.now += timedelta(days=1)
                 sim.step(("alert", "uc_a", "k0", False, "crash", []))
                 sim.now += timedelta(minutes=5)
@@ -341,7 +343,7 @@ def home(template: Path, tmp_path: Path) -> Iterator[Home]:
     shutil.copy(template, tmp_path / "retrain.db")
     settings = Settings(home=tmp_path, model_name="uc_a", retrain_cooldown_hours=24, alert_default_dedupe_minutes=60)
     engine = db.make_engine(settings.db_url)
-    with mock.patch("retrain.clock.now", lambda _s: T0):
+    with mock.patch("retrain.core.clock.now", lambda _s: T0):
         yield Home(settings, db.session_factory(engine))
     engine.dispose()
 

@@ -22,7 +22,7 @@ from sqlalchemy import DateTime, bindparam, inspect, select, text
 from sqlalchemy.engine import Engine
 from tests.support.pg import scratch_database
 
-from retrain import db
+from retrain.core import db
 
 BEFORE = "0002_alert_admission"
 HEAD = "0004_generic_batches"

@@ -13,27 +13,21 @@ import pandas as pd
 import pytest
 from sqlalchemy import insert, select
 
-from retrain import db
-from retrain.config import Settings
-from retrain.monitor import (
+from retrain.core import db
+from retrain.core.config import Settings
+from retrain.core.stats import (
     OTHER,
-    MonitoringResult,
     build_reference_profile,
     categorical_drift,
-    decode_feature_json,
-    dedupe_key,
-    evaluate_rules,
+    categorical_profile,
     ks_from_sketch,
-    monitor_frame,
-    monitoring_history,
     numeric_drift,
-    performance_metrics,
-    plot_history,
+    numeric_profile,
     psi,
-    run_monitoring,
     score_metrics,
 )
-from retrain.monitor_stats import categorical_profile, numeric_profile
+from retrain.monitoring.monitor import decode_feature_json, monitoring_history, plot_history, run_monitoring
+from retrain.monitoring.rules import MonitoringResult, dedupe_key, evaluate_rules, monitor_frame, performance_metrics
 
 T0 = datetime(2013, 3, 1, tzinfo=UTC)
 FEATURES = ["signal", "noise", "count"]  # fixture names: no dependency on the flights contract

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from retrain.config import Settings
-from retrain.monitor_rules import monitor_frame
-from retrain.monitor_stats import build_reference_profile, error_metrics
+from retrain.core.config import Settings
+from retrain.core.stats import build_reference_profile, error_metrics
+from retrain.monitoring.rules import monitor_frame
 
 T0, T1 = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 8, tzinfo=UTC)
 

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from retrain.db import Prediction, make_engine, session_factory, upgrade
-from retrain.predlog import LogBatch, PredictionLog, SpillDir, clean_features
+from retrain.core.db import Prediction, make_engine, session_factory, upgrade
+from retrain.serving.predlog import LogBatch, PredictionLog, SpillDir, clean_features
 
 T0 = datetime(2013, 2, 10, 11, 0, tzinfo=UTC)
 

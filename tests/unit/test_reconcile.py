@@ -10,10 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from retrain import events, registry
-from retrain.config import Settings
-from retrain.db import Alert
-from retrain.reconcile import (
+from retrain.alerts import ledger
+from retrain.alerts.reconcile import (
     CANCELLED,
     CRASHED,
     FAILED,
@@ -25,7 +23,11 @@ from retrain.reconcile import (
     record_cancelled,
     record_ended,
 )
-from retrain.registry import open_registry
+from retrain.core import events
+from retrain.core.config import Settings
+from retrain.core.db import Alert
+from retrain.models import registry
+from retrain.models.registry import open_registry
 
 NOW = datetime(2013, 3, 1, tzinfo=UTC)
 MESSAGE = "Deployment concurrency limit reached."
@@ -86,16 +88,16 @@ def test_missing_dedupe_key_gets_the_ledger_bucket_key(home: tuple[Settings, Any
 def test_an_admitted_alert_whose_run_was_cancelled_frees_its_key(home: tuple[Settings, Any]) -> None:
     settings, sessions = home
     payload = events.AlertPayload(kind="data_drift", dedupe_key="k")
-    admitted = events.admit(sessions, settings, payload, NOW, flow_run_id="run-1")
+    admitted = ledger.admit(sessions, settings, payload, NOW, flow_run_id="run-1")
     assert admitted.run
-    assert not events.admit(sessions, settings, payload, NOW, flow_run_id="run-x").run  # key taken
+    assert not ledger.admit(sessions, settings, payload, NOW, flow_run_id="run-x").run  # key taken
 
     result = record_cancelled(settings, sessions, [run(1, dedupe_key="k")], NOW)
     assert (result.freed, result.recorded, result.already) == ([admitted.alert_id], [], 1)
     by_id = {r.id: r for r in rows(sessions)}
     assert by_id[admitted.alert_id].outcome == CANCELLED
     assert "admitted, then flow run cancelled" in (by_id[admitted.alert_id].detail or "")
-    assert events.admit(sessions, settings, payload, NOW, flow_run_id="run-2").run  # the key is free again
+    assert ledger.admit(sessions, settings, payload, NOW, flow_run_id="run-2").run  # the key is free again
     # rows with other outcomes (the dedupe of run-x) are left alone, and nothing is freed twice
     assert record_cancelled(settings, sessions, [run(1)], NOW).freed == []
 
@@ -145,12 +147,12 @@ def flow_run(run_id: str, start: datetime | None, state_type: str | None = None)
 
 
 def test_a_storm_straggler_is_covered_by_the_retrain_that_started_after_it(home: tuple[Settings, Any]) -> None:
-    from retrain.reconcile import covering_retrain
+    from retrain.alerts.reconcile import covering_retrain
 
     settings, sessions = home
     t0 = datetime(2026, 12, 1, 20, 0, 0, tzinfo=UTC)
     win, strag = "6f1c2c1e-0000-4000-8000-000000000001", "6f1c2c1e-0000-4000-8000-000000000002"
-    winner = events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="a"), NOW,
+    winner = ledger.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="a"), NOW,
                           flow_run_id=win)
     assert winner.run
     runs = [flow_run(win, t0.replace(second=2)), flow_run(strag, t0.replace(second=30)),
@@ -158,7 +160,7 @@ def test_a_storm_straggler_is_covered_by_the_retrain_that_started_after_it(home:
     # raised at t0 (before the winner started at t0+2s): covered, with the winner named
     detail = covering_retrain(sessions, strag, t0, client=FakeRuns(runs, t0))  # type: ignore[arg-type]
     assert detail is not None and detail.startswith(f"covered by the retrain of alert {winner.alert_id}")
-    decision = events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="b"), NOW,
+    decision = ledger.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="b"), NOW,
                             flow_run_id=strag, covered_by=detail)
     assert (decision.run, decision.outcome, decision.detail) == (False, "deduplicated", detail)
     # raised after the winner started: not covered (its evidence is newer); no raised_at: the run's creation
@@ -167,18 +169,18 @@ def test_a_storm_straggler_is_covered_by_the_retrain_that_started_after_it(home:
     assert covering_retrain(sessions, strag, None,
                             client=FakeRuns(runs, t0.replace(second=1))) is not None  # type: ignore[arg-type]
     # a retrain that failed (key freed) answers nothing; the winner never covers itself
-    events.finish_alert(sessions, winner.alert_id, outcome="failed", detail="boom")
+    ledger.finish_alert(sessions, winner.alert_id, outcome="failed", detail="boom")
     assert covering_retrain(sessions, strag, t0, client=FakeRuns(runs, t0)) is None  # type: ignore[arg-type]
     assert covering_retrain(sessions, win, t0, client=FakeRuns(runs, t0)) is None  # type: ignore[arg-type]
 
 
 def test_covering_retrain_counts_only_retrains_of_the_same_model(home: tuple[Settings, Any]) -> None:
-    from retrain.reconcile import covering_retrain
+    from retrain.alerts.reconcile import covering_retrain
 
     settings, sessions = home
     t0 = datetime(2026, 12, 1, 20, 0, 0, tzinfo=UTC)
     other, strag = "6f1c2c1e-0000-4000-8000-00000000000a", "6f1c2c1e-0000-4000-8000-00000000000b"
-    bikes = events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="a"), NOW,
+    bikes = ledger.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="a"), NOW,
                          model_name="bike_demand", flow_run_id=other)
     assert bikes.run
     runs = [flow_run(other, t0.replace(second=2)), flow_run(strag, t0.replace(second=30))]
@@ -195,13 +197,13 @@ def test_covering_retrain_counts_only_retrains_of_the_same_model(home: tuple[Set
 
 @pytest.mark.parametrize("state", ["CRASHED", "FAILED", "CANCELLED"])
 def test_a_retrain_whose_run_ended_without_a_result_covers_nothing(home: tuple[Settings, Any], state: str) -> None:
-    from retrain.reconcile import covering_retrain
+    from retrain.alerts.reconcile import covering_retrain
 
     settings, sessions = home
     t0 = datetime(2026, 12, 1, 20, 0, 0, tzinfo=UTC)
     dead, strag = "6f1c2c1e-0000-4000-8000-00000000000c", "6f1c2c1e-0000-4000-8000-00000000000d"
     # admitted, then the run died: its row still says "run" until a reconcile pass sees it
-    assert events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="a"), NOW,
+    assert ledger.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="a"), NOW,
                         flow_run_id=dead).run
     alive = [flow_run(dead, t0.replace(second=2), "RUNNING"), flow_run(strag, t0.replace(second=30))]
     assert covering_retrain(sessions, strag, t0, client=FakeRuns(alive, t0)) is not None  # type: ignore[arg-type]
@@ -225,11 +227,11 @@ def test_a_crashed_or_failed_run_frees_its_key_and_takes_back_its_challenger(hom
                                                                              outcome: str) -> None:
     settings, sessions = home
     payload = events.AlertPayload(kind="data_drift", dedupe_key="k")
-    admitted = events.admit(sessions, settings, payload, NOW, flow_run_id="run-1")
+    admitted = ledger.admit(sessions, settings, payload, NOW, flow_run_id="run-1")
     trained = version(sessions, "trained")
-    registry.set_challenger(sessions, trained, events.shadow_reason(admitted.alert_id), "flow:retrain")
+    registry.set_challenger(sessions, trained, ledger.shadow_reason(admitted.alert_id), "flow:retrain")
     # the run died: the next alert with the same key is deduplicated against it ...
-    blocked = events.admit(sessions, settings, payload, NOW, flow_run_id="run-2")
+    blocked = ledger.admit(sessions, settings, payload, NOW, flow_run_id="run-2")
     assert (blocked.run, blocked.outcome) == (False, "deduplicated")
 
     result = record_ended(settings, sessions, [ended(1, outcome, dedupe_key="k")], NOW)
@@ -241,17 +243,17 @@ def test_a_crashed_or_failed_run_frees_its_key_and_takes_back_its_challenger(hom
     assert registry.get_alias(sessions, registry.CHALLENGER, "flight_delay") is None
     assert registry.get_version(sessions, trained).status == "candidate"
     # ... until the reconcile: then the next alert runs, and a second pass changes nothing
-    assert events.admit(sessions, settings, payload, NOW, flow_run_id="run-3").run
+    assert ledger.admit(sessions, settings, payload, NOW, flow_run_id="run-3").run
     again = record_ended(settings, sessions, [ended(1, outcome, dedupe_key="k")], NOW)
     assert (again.freed, again.recorded, again.already, again.cleared) == ([], [], 1, [])
 
 
 def test_a_challenger_set_by_someone_else_is_left_alone(home: tuple[Settings, Any]) -> None:
     settings, sessions = home
-    admitted = events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="k"), NOW,
+    admitted = ledger.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key="k"), NOW,
                             flow_run_id="run-1")
     ours, theirs = version(sessions, "ours"), version(sessions, "theirs")
-    registry.set_challenger(sessions, ours, events.shadow_reason(admitted.alert_id), "flow:retrain")
+    registry.set_challenger(sessions, ours, ledger.shadow_reason(admitted.alert_id), "flow:retrain")
     registry.set_challenger(sessions, theirs, "operator's shadow test", "ops")
     result = record_ended(settings, sessions, [ended(1, CRASHED, dedupe_key="k")], NOW)
     assert result.freed == [admitted.alert_id] and result.cleared == []
@@ -262,13 +264,13 @@ def test_a_challenger_set_by_someone_else_is_left_alone(home: tuple[Settings, An
 def test_a_run_that_crashed_after_its_retrain_reported_back_keeps_its_answer(home: tuple[Settings, Any]) -> None:
     settings, sessions = home
     payload = events.AlertPayload(kind="data_drift", dedupe_key="k")
-    admitted = events.admit(sessions, settings, payload, NOW, flow_run_id="run-1")
-    events.finish_alert(sessions, admitted.alert_id, detail="trained v1 on [...), evaluation 1: reject")
+    admitted = ledger.admit(sessions, settings, payload, NOW, flow_run_id="run-1")
+    ledger.finish_alert(sessions, admitted.alert_id, detail="trained v1 on [...), evaluation 1: reject")
     result = record_ended(settings, sessions, [ended(1, CRASHED, dedupe_key="k")], NOW)
     assert (result.freed, result.recorded, result.already) == ([], [], 1)
     [row] = rows(sessions)
     assert row.outcome == "run" and row.detail == "trained v1 on [...), evaluation 1: reject"
-    assert events.admit(sessions, settings, payload, NOW, flow_run_id="run-2").outcome == "deduplicated"
+    assert ledger.admit(sessions, settings, payload, NOW, flow_run_id="run-2").outcome == "deduplicated"
 
 
 def test_crashed_and_failed_runs_the_ledger_never_saw_are_recorded(home: tuple[Settings, Any]) -> None:
@@ -281,7 +283,7 @@ def test_crashed_and_failed_runs_the_ledger_never_saw_are_recorded(home: tuple[S
     assert (b.flow_run_id, b.outcome, b.dedupe_key) == ("run-2", FAILED, "b")
     assert (a.detail or "").startswith("flow run crashed at") and "ValidationError: kind" in (b.detail or "")
     for row in (a, b):  # neither holds its key
-        assert events.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key=row.dedupe_key),
+        assert ledger.admit(sessions, settings, events.AlertPayload(kind="data_drift", dedupe_key=row.dedupe_key),
                             NOW).run
     with pytest.raises(ValueError, match="outcome: 'completed'"):
         EndedRun("run-9", {}, outcome="completed")
@@ -321,7 +323,7 @@ def test_reconcile_runs_reads_cancelled_crashed_and_failed_runs(home: tuple[Sett
     assert rows(sessions)[1].detail == "flow run crashed at 2026-01-01T12:00:02+00:00: crashed message"
     assert reconcile_runs(settings, sessions, NOW, client=client).already == 3  # type: ignore[arg-type]
     # the cancelled-only pass (and its listing) still reads just the cancelled runs
-    from retrain.reconcile import cancelled_retrain_runs, reconcile_cancelled
+    from retrain.alerts.reconcile import cancelled_retrain_runs, reconcile_cancelled
 
     assert [r.flow_run_id for r in cancelled_retrain_runs(client)] == ["run-1"]  # type: ignore[arg-type]
     assert reconcile_cancelled(settings, sessions, NOW, client=client).seen == 1  # type: ignore[arg-type]

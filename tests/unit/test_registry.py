@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support.models import fake_version_fields, registry_home
 
-from retrain import registry
-from retrain.db import Alias, ModelVersion, Promotion
+from retrain.core.db import Alias, ModelVersion, Promotion
+from retrain.models import registry
 
 NAME = "flight_delay"
 

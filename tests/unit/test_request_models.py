@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from retrain.config import base_settings
+from retrain.core.config import base_settings
 from retrain.usecase.catalog import load_usecase
 from retrain.usecase.request import example_row, request_models, row_id, validation_errors
 from retrain.usecase.spec import UseCaseSpec

@@ -23,10 +23,12 @@ from tests.support.models import fake_version_fields, registry_home
 
 from flight_delay import features
 from flight_delay.features import MODEL_FEATURES, PLANE_FEATURES
-from retrain import feature_store, modelstore, registry
-from retrain.config import Settings, get_settings
-from retrain.db import Prediction
-from retrain.serving import ApiKeyMiddleware
+from retrain.core.config import Settings, get_settings
+from retrain.core.db import Prediction
+from retrain.features import store as feature_store
+from retrain.models import registry
+from retrain.models import store as modelstore
+from retrain.serving.runtime import ApiKeyMiddleware
 
 KEY = "unit-test-key"
 KNOWN_TAIL = "N14228"
@@ -145,7 +147,7 @@ def test_no_champion_is_not_ready_and_refuses(app_env: Any, tmp_path: Path) -> N
     """A worker without a champion is not ready and answers 503 (NotReadyError), never a guess."""
     from flight_delay.serving import FlightsRuntime
     from flight_delay.serving_schema import FlightIn
-    from retrain.serving import NotReadyError
+    from retrain.serving.runtime import NotReadyError
 
     settings, _, _, _ = app_env
     empty = settings.model_copy(update={"home": tmp_path / "empty"})

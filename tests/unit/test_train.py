@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from tests.support.models import FEATURES, Provider, registry_home, year_frame
 
-from retrain import modelstore, registry, train
-from retrain.train import TrainingError, fit
+from retrain.models import registry, train
+from retrain.models import store as modelstore
+from retrain.models.train import TrainingError, fit
 
 JAN, MAR, MAY = "2013-01-01", "2013-03-01", "2013-05-01"
 

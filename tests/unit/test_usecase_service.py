@@ -26,8 +26,8 @@ from tests.support.bike_home import (
     payload,
 )
 
-from retrain.config import get_settings
-from retrain.db import Prediction
+from retrain.core.config import get_settings
+from retrain.core.db import Prediction
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from retrain.backtest import run_backtest
-from retrain.backtest_data import BacktestInputError, history_from_frame
-from retrain.config import Settings, base_settings, get_settings
+from retrain.backtest.replay import run_backtest
+from retrain.core.config import Settings, base_settings, get_settings
 from retrain.usecase.calendar import add_calendar, calendar_values, useful_parts
 from retrain.usecase.catalog import UseCaseError, list_usecases, load_usecase, read_spec, settings_for
 from retrain.usecase.contract import InputFileError
+from retrain.usecase.frames import BacktestInputError, history_from_frame
 from retrain.usecase.history import load_history
 from retrain.usecase.scaffold import init_usecase
 from retrain.usecase.sizing import Volume, sized_settings, volume_problems

@@ -17,11 +17,6 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from retrain.backtest_data import (
-    FALSE_WORDS,
-    TRUE_WORDS,
-    _plain,
-)
 from retrain.usecase.contract import (
     _UTC_NS,
     MAX_SAFE_INT,
@@ -29,6 +24,11 @@ from retrain.usecase.contract import (
     DataContract,
     InputFileError,
     _blank,
+)
+from retrain.usecase.frames import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    _plain,
 )
 
 _DTYPES: dict[str, Any] = {"number": "float64", "integer": "Int64", "boolean": "boolean", "category": "string",

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from retrain.config import REPO_ROOT, Settings
+from retrain.core.config import REPO_ROOT, Settings
 from retrain.usecase.spec import SPEC_FILE, UseCaseSpec
 
 SHIPPED_DIR = REPO_ROOT / "usecases"

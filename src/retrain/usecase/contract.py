@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from retrain.backtest_data import (
+from retrain.usecase.frames import (
     BacktestInputError,
     _examples,
     _plain,

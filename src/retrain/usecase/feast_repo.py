@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from retrain.config import REPO_ROOT
+from retrain.core.config import REPO_ROOT
 from retrain.usecase.contract import DataContract
 from retrain.usecase.generic import GLOBAL_KEY, STATS_TABLE, Layout, layout
 from retrain.usecase.spec import UseCaseSpec

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from retrain import feature_store
-from retrain.config import Settings
-from retrain.offline import write_parquet_atomic
+from retrain.core.config import Settings
+from retrain.features import store as feature_store
+from retrain.features.offline import write_parquet_atomic
 from retrain.usecase.catalog import UseCaseError, load_callable
 from retrain.usecase.spec import FeastSpec, UseCaseSpec
 

@@ -159,8 +159,8 @@ def spec_layout(spec: UseCaseSpec) -> Layout:
 def raw(spec: UseCaseSpec) -> pd.DataFrame:
     """The user's file as raw rows: the time column parsed to UTC (microseconds), rows sorted by time
     (stable: equal times keep the file's order); the index is each row's position in the file."""
-    from retrain.backtest_data import parse_time
     from retrain.usecase.contract import read_user_file
+    from retrain.usecase.frames import parse_time
 
     path = spec.source_file()
     if path is None:
@@ -193,7 +193,7 @@ def label_stats(spec: UseCaseSpec, rows: pd.DataFrame, lay: Layout) -> pd.DataFr
     within each trailing window ([T - window, T)); snapshots every step from the first prediction time
     to one step after the last label became known, so every prediction time has a snapshot at most
     one step old. A key with no label in a window has count 0 and mean NaN."""
-    from retrain.feature_store import trailing_window_sums
+    from retrain.features.store import trailing_window_sums
 
     columns = [lay.join_key, EVENT_TIMESTAMP, *lay.stats_features]
     if rows.empty:
@@ -247,7 +247,7 @@ def _category(value: Any) -> str | None:
 
 def _number(values: pd.Series) -> np.ndarray:
     """Numbers, integers and booleans (true/false, yes/no as 1/0) as float64, NaN when missing."""
-    from retrain.backtest_data import FALSE_WORDS, TRUE_WORDS
+    from retrain.usecase.frames import FALSE_WORDS, TRUE_WORDS
 
     def one(v: Any) -> float:
         if v is None or v is pd.NA or v is pd.NaT:

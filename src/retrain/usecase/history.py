@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from retrain.backtest_data import (
+from retrain.core.config import Settings
+from retrain.usecase.calendar import add_calendar
+from retrain.usecase.catalog import load_callable
+from retrain.usecase.frames import (
     LABEL_TIME,
     ROW_ID,
     BacktestInputError,
@@ -25,9 +28,6 @@ from retrain.backtest_data import (
     read_table,
     scoped_env,
 )
-from retrain.config import Settings
-from retrain.usecase.calendar import add_calendar
-from retrain.usecase.catalog import load_callable
 from retrain.usecase.spec import UseCaseSpec
 
 

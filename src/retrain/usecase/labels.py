@@ -19,7 +19,7 @@ def known_at(spec: UseCaseSpec, rows: pd.DataFrame) -> pd.Series:
 
 def label_values(spec: UseCaseSpec, rows: pd.DataFrame) -> pd.Series:
     """The label as floats (0/1 for binary, from bools, numbers or yes/no words); NaN where missing."""
-    from retrain.backtest_data import binary_label, regression_label
+    from retrain.usecase.frames import binary_label, regression_label
 
     col = spec.label.column
     parse = binary_label if spec.objective == "binary" else regression_label

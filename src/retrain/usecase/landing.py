@@ -9,6 +9,7 @@ everything landed, so a feature table never holds what was not known by then.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from sqlalchemy import insert
 
-from retrain.config import Settings
-from retrain.db import IngestionBatch, Outcome, QuarantinedRow, transaction
-from retrain.jsonsafe import json_safe, read_json_state, write_json_atomic
-from retrain.offline import file_lock, read_parts, write_parquet_atomic
+from retrain.core.config import Settings
+from retrain.core.db import IngestionBatch, Outcome, QuarantinedRow, transaction
+from retrain.core.jsonsafe import json_safe, read_json_state, write_json_atomic
+from retrain.features.offline import file_lock, read_parts, write_parquet_atomic
 from retrain.usecase import featurestore as FS
 from retrain.usecase.catalog import UseCaseError, load_callable
 from retrain.usecase.labels import known_at, label_values
@@ -154,3 +155,41 @@ def _record(spec: UseCaseSpec, sessions: sessionmaker[Session], new: pd.DataFram
             if rows:
                 s.execute(insert(Outcome), rows)
         return int(batch.id)
+
+
+def online_until(settings: Settings, spec: UseCaseSpec, until: Any) -> dict[str, Any]:
+    """Register the use case's Feast objects (idempotent) and materialize up to `until`: after an
+    ingest its features are servable and trainable as of that time."""
+    import contextlib
+    import sys
+
+    from retrain.features.store import materialize_until
+
+    with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress on stdout; keep it for --json
+        FS.apply(spec, settings)
+        return materialize_until(FS.open_store(settings), settings, until, start=data_start(settings, spec))
+
+
+def ingest(spec: UseCaseSpec, settings: Settings, sessions: sessionmaker[Session], *, path: Path | None,
+           until: str | None, refresh: bool = True, progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """`retrain ingest` (and the ingest flow) for any use case: a batch file or the history released up
+    to `until`; its feature tables rebuilt (and, with its own Feast repository, applied and materialized).
+    A refused batch answers status `rejected` with the reason in `error`."""
+    say = progress or (lambda _m: None)
+    if (path is None) == (until is None):
+        raise UseCaseError("give exactly one of a batch file or an until time")
+    if spec.pipeline is not None:
+        out: dict[str, Any] = load_callable(spec, spec.pipeline.ingest)(settings, sessions, path=path, until=until,
+                                                                        refresh=refresh, progress=say)
+        return out
+    if spec.feast is None:
+        raise UseCaseError(f"use case {spec.name}: no feast section and no pipeline code: nothing to land (its "
+                           "file feeds `retrain backtest`)")
+    if until is None:
+        raise UseCaseError(f"use case {spec.name}: batch files are not taken yet; replay its history with --until DATE")
+    say(f"landing {spec.name} up to {until}")
+    landed = replay_until(spec, settings, sessions, until).to_dict()
+    if refresh and landed["total_landed"]:
+        say(f"feast apply + materialize {spec.name} up to {until}")
+        landed["online"] = online_until(settings, spec, until)
+    return landed

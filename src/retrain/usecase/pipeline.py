@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from retrain import clock
-from retrain.config import Settings, base_settings
+from retrain.core import clock
+from retrain.core.config import Settings, base_settings
 from retrain.usecase.catalog import UseCaseError, load_callable, load_usecase, settings_for
 from retrain.usecase.spec import UseCaseSpec
 
 if TYPE_CHECKING:
-    from retrain.evaluate import EvaluationOutcome
-    from retrain.train import FrameProvider, TrainedVersion
+    from retrain.evaluation.evaluate import EvaluationOutcome
+    from retrain.models.train import FrameProvider, TrainedVersion
 
 
 def settings_of(model_name: str) -> tuple[UseCaseSpec, Settings]:
@@ -43,8 +43,8 @@ class Pipeline:
 
     def catch_up(self, now: datetime) -> dict[str, Any]:
         """Land what the clock has released (replays only) and bring the online store up to `now`."""
-        from retrain.feature_store import materialize_until
-        from retrain.registry import open_registry
+        from retrain.features.store import materialize_until
+        from retrain.models.registry import open_registry
 
         s = self.settings
         if self.spec.pipeline is not None:
@@ -76,8 +76,8 @@ class Pipeline:
 
     def train_version(self, start: datetime | str, end: datetime | str) -> TrainedVersion:
         """Train a challenger on [start, end) and register it under the use case's name."""
-        from retrain.registry import open_registry
-        from retrain.train import train_version
+        from retrain.models.registry import open_registry
+        from retrain.models.train import train_version
 
         return train_version(self.settings, open_registry(self.settings), self.provider(), start, end,
                              label=self.spec.label.column, time_col=self.spec.data.time_col,
@@ -92,8 +92,8 @@ class Pipeline:
                  feature_migration: str | None = None) -> EvaluationOutcome:
         """Champion vs challenger on [start, end) (default: after its training window); promotes on a
         pass when `act` (bento build first unless `build_bento` is False; None: the setting)."""
-        from retrain.evaluate import evaluate_version
-        from retrain.registry import open_registry
+        from retrain.evaluation.evaluate import evaluate_version
+        from retrain.models.registry import open_registry
 
         s = self.settings
         return evaluate_version(s, open_registry(s), version, self.provider(), window_from=start, window_to=end,

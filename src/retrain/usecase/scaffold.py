@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from retrain.config import Settings
+from retrain.core.config import Settings
 from retrain.usecase.calendar import feature_name, useful_parts
 from retrain.usecase.catalog import SHIPPED_DIR, find_folder, read_spec
 from retrain.usecase.contract import DataContract, InputFileError, infer_contract, read_user_file
@@ -174,7 +174,7 @@ def init_usecase(name: str, data: Path, *, settings: Settings, time_col: str, la
 
 
 def _binary(raw: pd.Series) -> pd.Series:
-    from retrain.backtest_data import binary_label
+    from retrain.usecase.frames import binary_label
 
     return binary_label(raw, str(raw.name))
 

@@ -1,6 +1,6 @@
 """The serving runtime of a use case with its own Feast repository (behind `bentos/usecase/service.py`).
 
-`UseCaseRuntime` is `retrain.serving.ServingRuntime` (champion follow with checksum-verified swaps,
+`UseCaseRuntime` is `retrain.serving.runtime.ServingRuntime` (champion follow with checksum-verified swaps,
 shadow challenger, background prediction log, metrics, 503 until ready) with the use case's request
 path, built from its spec:
 
@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from retrain.config import Settings, base_settings
-from retrain.db import utcnow
-from retrain.follow import AliasTarget, LoadedModel, ModelFollower, ModelLoadError, column_order, parse_verified
-from retrain.predlog import LogBatch
-from retrain.serving import INLINE_MAX_ROWS, NotReadyError, PinnedModel, ServingRuntime
+from retrain.core.config import Settings, base_settings
+from retrain.core.db import utcnow
+from retrain.serving.follow import AliasTarget, LoadedModel, ModelFollower, ModelLoadError, column_order, parse_verified
+from retrain.serving.predlog import LogBatch
+from retrain.serving.runtime import INLINE_MAX_ROWS, NotReadyError, PinnedModel, ServingRuntime
 from retrain.usecase.catalog import UseCaseError, load_callable, load_usecase, settings_for
 from retrain.usecase.featurestore import ROW_ID
 from retrain.usecase.request import RequestModels, example_row, request_models, row_id

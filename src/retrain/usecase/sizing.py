@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from retrain.config import Settings
+from retrain.core.config import Settings
 
 MIN_EVAL_ROWS = 30  # below this a paired bootstrap on the loss difference says nothing
 MIN_MONITOR_ROWS = 20

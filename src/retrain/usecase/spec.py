@@ -154,7 +154,7 @@ class UseCaseSpec(_Strict):
     @field_validator("settings")
     @classmethod
     def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from retrain.config import Settings
+        from retrain.core.config import Settings
 
         fixed = {"home", "database_url", "profile", "redis_url", "feast_registry_url", "usecase", "usecases_dir"}
         unknown = sorted(k for k in value if k not in Settings.model_fields or k in fixed)

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from retrain.config import Settings
-from retrain.train import FrameProvider, TrainedVersion, TrainingError, train_version
+from retrain.core.config import Settings
+from retrain.models.train import FrameProvider, TrainedVersion, TrainingError, train_version
 from retrain.usecase import featurestore as FS
 from retrain.usecase.labels import label_values
 from retrain.usecase.landing import landed_rows

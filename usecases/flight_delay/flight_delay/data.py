@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from retrain.times import TimeLike, to_utc
+from retrain.core.times import TimeLike, to_utc
 
 FLIGHT_COLUMNS: tuple[str, ...] = (
     "year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",

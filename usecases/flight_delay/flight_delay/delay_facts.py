@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from flight_delay.data import FLIGHTS_TABLE
-from retrain import offline
-from retrain.config import Settings
-from retrain.times import utc_times
+from retrain.core.config import Settings
+from retrain.core.times import utc_times
+from retrain.features import offline
 
 FACT_COLUMNS = ["flight_id", "carrier", "route", "landed_at", "arr_delay", "late", "batch_id"]
 _OUTCOME_COLUMNS = ["flight_id", "landed_at", "arr_delay", "late", "batch_id"]

@@ -24,9 +24,10 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from retrain import clock, demo
-from retrain.config import Settings
-from retrain.demo import (
+from retrain.core import clock
+from retrain.core.config import Settings
+from retrain.demo import common as demo
+from retrain.demo.common import (
     DemoState,
     Say,
     add_loop_counts,
@@ -65,8 +66,8 @@ def setup(settings: Settings, plan: DemoPlan, state: DemoState, say: Say) -> Non
     """Servers, deployments, Jan–Feb data, features and the first champion (idempotent)."""
     from flight_delay.features import apply_repo, refresh_feature_tables
     from flight_delay.ingest import replay_until
-    from retrain.feature_store import materialize_until, open_store
-    from retrain.registry import open_registry
+    from retrain.features.store import materialize_until, open_store
+    from retrain.models.registry import open_registry
 
     start_prefect(settings, state, say)
     if state.setup_done:
@@ -134,8 +135,8 @@ def replay(settings: Settings, plan: DemoPlan, state: DemoState, say: Say,
     from flight_delay.data import ReplayClock
     from flight_delay.features import refresh_feature_tables
     from flight_delay.ingest import replay_until
-    from retrain.feature_store import materialize_until, open_store
-    from retrain.registry import open_registry
+    from retrain.features.store import materialize_until, open_store
+    from retrain.models.registry import open_registry
 
     sessions = open_registry(settings)
     store = open_store(settings)
@@ -177,10 +178,10 @@ def monthly_table(settings: Settings, baseline_version: str) -> pd.DataFrame:
     """Per month: AUC of what was served vs the never-retrained first model, alerts, retrains, promotions."""
     from sqlalchemy import select
 
-    from retrain.db import Alert, ModelVersion, Prediction, Promotion
-    from retrain.metrics import roc_auc
-    from retrain.modelstore import load_booster
-    from retrain.registry import open_registry
+    from retrain.core.db import Alert, ModelVersion, Prediction, Promotion
+    from retrain.core.metrics import roc_auc
+    from retrain.models.registry import open_registry
+    from retrain.models.store import load_booster
 
     sessions = open_registry(settings)
     with sessions() as s:

@@ -23,17 +23,17 @@ import pandas as pd
 
 from flight_delay.data import FLIGHTS_TABLE, load_planes, load_weather
 from flight_delay.delay_facts import delay_facts
-from retrain import feature_store
-from retrain.config import Settings
-from retrain.feature_store import trailing_window_sums
-from retrain.jsonsafe import read_json_state, write_json_atomic
-from retrain.offline import (
+from retrain.core.config import Settings
+from retrain.core.jsonsafe import read_json_state, write_json_atomic
+from retrain.core.times import TimeLike, to_utc, utc_times
+from retrain.features import store as feature_store
+from retrain.features.offline import (
     OUTCOMES,
     parts_fingerprint,
     read_table,
     write_parquet_atomic,
 )
-from retrain.times import TimeLike, to_utc, utc_times
+from retrain.features.store import trailing_window_sums
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore

@@ -15,7 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from retrain.backtest_data import (
+from retrain.core.config import Settings
+from retrain.features.offline import write_parquet_atomic
+from retrain.usecase.frames import (
     LABEL_TIME,
     ROW_ID,
     BacktestInputError,
@@ -24,8 +26,6 @@ from retrain.backtest_data import (
     _home_settings,
     scoped_env,
 )
-from retrain.config import Settings
-from retrain.offline import write_parquet_atomic
 
 FLIGHTS_START = pd.Timestamp("2013-01-01", tz="UTC")
 
@@ -108,7 +108,7 @@ def load_history(settings: Settings, *, feature_home: Path | None = None, start:
     Without `feature_home` the year is landed into a temporary home, removed afterwards.
     """
     from flight_delay import features as F
-    from retrain import feature_store as FS
+    from retrain.features import store as FS
 
     lo = pd.Timestamp(start) if start is not None else FLIGHTS_START
     hi = pd.Timestamp(end) if end is not None else FLIGHTS_END

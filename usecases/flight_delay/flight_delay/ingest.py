@@ -40,10 +40,10 @@ from flight_delay.ingest_contract import (
     none_where,
     validate,
 )
-from retrain import offline
-from retrain.config import Settings
-from retrain.db import IngestionBatch, Outcome, QuarantinedRow, transaction
-from retrain.jsonsafe import read_json_state, write_json_atomic
+from retrain.core.config import Settings
+from retrain.core.db import IngestionBatch, Outcome, QuarantinedRow, transaction
+from retrain.core.jsonsafe import read_json_state, write_json_atomic
+from retrain.features import offline
 
 __all__ = [
     "BatchRejected",

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flight_delay import features as F
-from retrain import clock
-from retrain import feature_store as FS
-from retrain.config import Settings
+from retrain.core import clock
+from retrain.core.config import Settings
+from retrain.features import store as FS
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-    from retrain.train import FrameProvider, TrainingSetLike
+    from retrain.models.train import FrameProvider, TrainingSetLike
 
 
 def ingest(settings: Settings, sessions: sessionmaker[Session], *, path: Path | None, until: str | None,
@@ -59,7 +59,7 @@ def ingest(settings: Settings, sessions: sessionmaker[Session], *, path: Path | 
 def catch_up(settings: Settings, now: datetime) -> dict[str, Any]:
     """Land what the replay clock released (simulated time only), rebuild the tables, materialize to `now`."""
     from flight_delay.ingest import replay_until
-    from retrain.registry import open_registry
+    from retrain.models.registry import open_registry
 
     done: dict[str, Any] = {}
     if clock.simulated(settings):

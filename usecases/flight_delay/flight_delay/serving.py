@@ -17,11 +17,11 @@ import numpy as np
 
 from flight_delay.features import MODEL_FEATURES
 from flight_delay.serving_schema import FlightIn, FlightPrediction, PredictResponse, batch_limit_error, flight_id
-from retrain.config import Settings
-from retrain.db import utcnow
-from retrain.follow import LoadedModel
-from retrain.predlog import LogBatch
-from retrain.serving import INLINE_MAX_ROWS, NotReadyError, ServingRuntime
+from retrain.core.config import Settings
+from retrain.core.db import utcnow
+from retrain.serving.follow import LoadedModel
+from retrain.serving.predlog import LogBatch
+from retrain.serving.runtime import INLINE_MAX_ROWS, NotReadyError, ServingRuntime
 
 SERVICE_IMPORT = "bentos.flight_delay.service:FlightDelay"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import retrain.db
+import retrain.core.db
 
 revision = '0001'
 down_revision = None
@@ -26,15 +26,15 @@ def upgrade() -> None:
     sa.Column('metric', sa.String(length=128), nullable=True),
     sa.Column('value', sa.Float(), nullable=True),
     sa.Column('threshold', sa.Float(), nullable=True),
-    sa.Column('window_from', retrain.db.UTCDateTime(), nullable=True),
-    sa.Column('window_to', retrain.db.UTCDateTime(), nullable=True),
+    sa.Column('window_from', retrain.core.db.UTCDateTime(), nullable=True),
+    sa.Column('window_to', retrain.core.db.UTCDateTime(), nullable=True),
     sa.Column('dedupe_key', sa.String(length=256), nullable=False),
     sa.Column('source', sa.String(length=64), nullable=False),
     sa.Column('outcome', sa.String(length=32), nullable=False),
     sa.Column('detail', sa.Text(), nullable=True),
     sa.Column('flow_run_id', sa.String(length=64), nullable=True),
     sa.Column('payload', sa.JSON(), nullable=False),
-    sa.Column('received_at', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('received_at', retrain.core.db.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('alerts', schema=None) as batch_op:
@@ -54,9 +54,9 @@ def upgrade() -> None:
     sa.Column('outcomes', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('landed_path', sa.String(length=1024), nullable=True),
-    sa.Column('min_sched_dep', retrain.db.UTCDateTime(), nullable=True),
-    sa.Column('max_sched_dep', retrain.db.UTCDateTime(), nullable=True),
-    sa.Column('created_at', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('min_sched_dep', retrain.core.db.UTCDateTime(), nullable=True),
+    sa.Column('max_sched_dep', retrain.core.db.UTCDateTime(), nullable=True),
+    sa.Column('created_at', retrain.core.db.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('ingestion_batches', schema=None) as batch_op:
@@ -69,8 +69,8 @@ def upgrade() -> None:
     sa.Column('bento_model_tag', sa.String(length=256), nullable=False),
     sa.Column('status', sa.String(length=32), nullable=False),
     sa.Column('feature_service', sa.String(length=128), nullable=False),
-    sa.Column('train_from', retrain.db.UTCDateTime(), nullable=False),
-    sa.Column('train_to', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('train_from', retrain.core.db.UTCDateTime(), nullable=False),
+    sa.Column('train_to', retrain.core.db.UTCDateTime(), nullable=False),
     sa.Column('n_train', sa.Integer(), nullable=False),
     sa.Column('n_valid', sa.Integer(), nullable=False),
     sa.Column('n_excluded', sa.Integer(), nullable=False),
@@ -83,7 +83,7 @@ def upgrade() -> None:
     sa.Column('reference_profile', sa.JSON(), nullable=False),
     sa.Column('bento_tag', sa.String(length=256), nullable=True),
     sa.Column('train_seconds', sa.Float(), nullable=False),
-    sa.Column('created_at', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', retrain.core.db.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('version')
     )
@@ -94,13 +94,13 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('model_name', sa.String(length=128), nullable=False),
     sa.Column('model_version', sa.String(length=128), nullable=True),
-    sa.Column('window_from', retrain.db.UTCDateTime(), nullable=False),
-    sa.Column('window_to', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('window_from', retrain.core.db.UTCDateTime(), nullable=False),
+    sa.Column('window_to', retrain.core.db.UTCDateTime(), nullable=False),
     sa.Column('n_predictions', sa.Integer(), nullable=False),
     sa.Column('n_labelled', sa.Integer(), nullable=False),
     sa.Column('metrics', sa.JSON(), nullable=False),
     sa.Column('alerts', sa.JSON(), nullable=False),
-    sa.Column('created_at', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', retrain.core.db.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('monitoring_runs', schema=None) as batch_op:
@@ -112,8 +112,8 @@ def upgrade() -> None:
     sa.Column('flight_id', sa.String(length=64), nullable=False),
     sa.Column('model_name', sa.String(length=128), nullable=False),
     sa.Column('model_version', sa.String(length=128), nullable=False),
-    sa.Column('predicted_at', retrain.db.UTCDateTime(), nullable=False),
-    sa.Column('sched_dep', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('predicted_at', retrain.core.db.UTCDateTime(), nullable=False),
+    sa.Column('sched_dep', retrain.core.db.UTCDateTime(), nullable=False),
     sa.Column('carrier', sa.String(length=8), nullable=False),
     sa.Column('origin', sa.String(length=8), nullable=False),
     sa.Column('dest', sa.String(length=8), nullable=False),
@@ -136,7 +136,7 @@ def upgrade() -> None:
     sa.Column('model_name', sa.String(length=128), nullable=False),
     sa.Column('alias', sa.String(length=32), nullable=False),
     sa.Column('version_id', sa.Integer(), nullable=False),
-    sa.Column('updated_at', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', retrain.core.db.UTCDateTime(), nullable=False),
     sa.Column('generation', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['version_id'], ['model_versions.id'], ),
     sa.PrimaryKeyConstraint('model_name', 'alias')
@@ -146,15 +146,15 @@ def upgrade() -> None:
     sa.Column('model_name', sa.String(length=128), nullable=False),
     sa.Column('challenger_id', sa.Integer(), nullable=False),
     sa.Column('champion_id', sa.Integer(), nullable=True),
-    sa.Column('window_from', retrain.db.UTCDateTime(), nullable=False),
-    sa.Column('window_to', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('window_from', retrain.core.db.UTCDateTime(), nullable=False),
+    sa.Column('window_to', retrain.core.db.UTCDateTime(), nullable=False),
     sa.Column('n_rows', sa.Integer(), nullable=False),
     sa.Column('decision', sa.String(length=16), nullable=False),
     sa.Column('reasons', sa.JSON(), nullable=False),
     sa.Column('gates', sa.JSON(), nullable=False),
     sa.Column('metrics', sa.JSON(), nullable=False),
     sa.Column('report_path', sa.String(length=1024), nullable=True),
-    sa.Column('created_at', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', retrain.core.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['challenger_id'], ['model_versions.id'], ),
     sa.ForeignKeyConstraint(['champion_id'], ['model_versions.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -164,8 +164,8 @@ def upgrade() -> None:
 
     op.create_table('outcomes',
     sa.Column('flight_id', sa.String(length=64), nullable=False),
-    sa.Column('sched_dep', retrain.db.UTCDateTime(), nullable=False),
-    sa.Column('landed_at', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('sched_dep', retrain.core.db.UTCDateTime(), nullable=False),
+    sa.Column('landed_at', retrain.core.db.UTCDateTime(), nullable=False),
     sa.Column('arr_delay', sa.Float(), nullable=False),
     sa.Column('late', sa.Boolean(), nullable=False),
     sa.Column('batch_id', sa.Integer(), nullable=True),
@@ -201,7 +201,7 @@ def upgrade() -> None:
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('actor', sa.String(length=256), nullable=False),
     sa.Column('evaluation_id', sa.Integer(), nullable=True),
-    sa.Column('created_at', retrain.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', retrain.core.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['evaluation_id'], ['evaluations.id'], ),
     sa.ForeignKeyConstraint(['from_version_id'], ['model_versions.id'], ),
     sa.ForeignKeyConstraint(['to_version_id'], ['model_versions.id'], ),

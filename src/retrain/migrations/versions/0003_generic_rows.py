@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import retrain.db
+import retrain.core.db
 
 revision = "0003_generic_rows"
 down_revision = "0002_alert_admission"
@@ -48,7 +48,7 @@ def upgrade() -> None:
     # ---------------------------------------------------------------- predictions
     with op.batch_alter_table("predictions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("entity_key", sa.String(length=128), nullable=True))
-        batch_op.add_column(sa.Column("event_time", retrain.db.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column("event_time", retrain.core.db.UTCDateTime(), nullable=True))
         batch_op.add_column(sa.Column("attributes", sa.JSON(), nullable=True))
     attributes = _json_object(dialect, {k: k for k in FLIGHT_ATTRIBUTES})
     op.execute(f"UPDATE predictions SET entity_key = flight_id, event_time = sched_dep, attributes = {attributes}")
@@ -58,7 +58,7 @@ def upgrade() -> None:
         for name in ("flight_id", "sched_dep", *FLIGHT_ATTRIBUTES):
             batch_op.drop_column(name)
         batch_op.alter_column("entity_key", existing_type=sa.String(length=128), nullable=False)
-        batch_op.alter_column("event_time", existing_type=retrain.db.UTCDateTime(), nullable=False)
+        batch_op.alter_column("event_time", existing_type=retrain.core.db.UTCDateTime(), nullable=False)
         batch_op.alter_column("attributes", existing_type=sa.JSON(), nullable=False)
         batch_op.create_index(batch_op.f("ix_predictions_entity_key"), ["entity_key"], unique=False)
         batch_op.create_index(batch_op.f("ix_predictions_event_time"), ["event_time"], unique=False)
@@ -67,8 +67,8 @@ def upgrade() -> None:
     with op.batch_alter_table("outcomes", schema=None) as batch_op:
         batch_op.add_column(sa.Column("model_name", sa.String(length=128), nullable=True))
         batch_op.add_column(sa.Column("entity_key", sa.String(length=128), nullable=True))
-        batch_op.add_column(sa.Column("event_time", retrain.db.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column("available_at", retrain.db.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column("event_time", retrain.core.db.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column("available_at", retrain.core.db.UTCDateTime(), nullable=True))
         batch_op.add_column(sa.Column("label", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("detail", sa.JSON(), nullable=True))
     detail = _json_object(dialect, {"arr_delay": "arr_delay"})
@@ -84,7 +84,8 @@ def upgrade() -> None:
         for name in ("flight_id", "sched_dep", "landed_at", "arr_delay", "late"):
             batch_op.drop_column(name)
         for name, type_ in (("model_name", sa.String(length=128)), ("entity_key", sa.String(length=128)),
-                            ("event_time", retrain.db.UTCDateTime()), ("available_at", retrain.db.UTCDateTime()),
+                            ("event_time", retrain.core.db.UTCDateTime()),
+                            ("available_at", retrain.core.db.UTCDateTime()),
                             ("label", sa.Float()), ("detail", sa.JSON())):
             batch_op.alter_column(name, existing_type=type_, nullable=False)
         batch_op.create_primary_key("outcomes_pkey", ["model_name", "entity_key"])
@@ -105,7 +106,7 @@ def downgrade() -> None:
     # ---------------------------------------------------------------- predictions
     with op.batch_alter_table("predictions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("flight_id", sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column("sched_dep", retrain.db.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column("sched_dep", retrain.core.db.UTCDateTime(), nullable=True))
         for name, length in (("carrier", 8), ("origin", 8), ("dest", 8), ("tailnum", 16)):
             batch_op.add_column(sa.Column(name, sa.String(length=length), nullable=True))
     sets = ", ".join(f"{k} = COALESCE({_json_text(dialect, 'attributes', k)}, '')" for k in FLIGHT_ATTRIBUTES)
@@ -116,7 +117,7 @@ def downgrade() -> None:
         for name in ("entity_key", "event_time", "attributes"):
             batch_op.drop_column(name)
         batch_op.alter_column("flight_id", existing_type=sa.String(length=64), nullable=False)
-        batch_op.alter_column("sched_dep", existing_type=retrain.db.UTCDateTime(), nullable=False)
+        batch_op.alter_column("sched_dep", existing_type=retrain.core.db.UTCDateTime(), nullable=False)
         for name, length in (("carrier", 8), ("origin", 8), ("dest", 8), ("tailnum", 16)):
             batch_op.alter_column(name, existing_type=sa.String(length=length), nullable=False)
         batch_op.create_index(batch_op.f("ix_predictions_flight_id"), ["flight_id"], unique=False)
@@ -125,8 +126,8 @@ def downgrade() -> None:
     # ---------------------------------------------------------------- outcomes
     with op.batch_alter_table("outcomes", schema=None) as batch_op:
         batch_op.add_column(sa.Column("flight_id", sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column("sched_dep", retrain.db.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column("landed_at", retrain.db.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column("sched_dep", retrain.core.db.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column("landed_at", retrain.core.db.UTCDateTime(), nullable=True))
         batch_op.add_column(sa.Column("arr_delay", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("late", sa.Boolean(), nullable=True))
     arr_delay = f"CAST({_json_text(dialect, 'detail', 'arr_delay')} AS FLOAT)"
@@ -141,8 +142,8 @@ def downgrade() -> None:
             batch_op.drop_constraint("outcomes_pkey", type_="primary")
         for name in ("model_name", "entity_key", "event_time", "available_at", "label", "detail"):
             batch_op.drop_column(name)
-        for name, type_ in (("flight_id", sa.String(length=64)), ("sched_dep", retrain.db.UTCDateTime()),
-                            ("landed_at", retrain.db.UTCDateTime()), ("arr_delay", sa.Float()),
+        for name, type_ in (("flight_id", sa.String(length=64)), ("sched_dep", retrain.core.db.UTCDateTime()),
+                            ("landed_at", retrain.core.db.UTCDateTime()), ("arr_delay", sa.Float()),
                             ("late", sa.Boolean())):
             batch_op.alter_column(name, existing_type=type_, nullable=False)
         batch_op.create_primary_key("outcomes_pkey", ["flight_id"])

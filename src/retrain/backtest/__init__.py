@@ -1,0 +1,1 @@
+"""Retraining policies replayed over a labelled history, period by period, with their results and report."""

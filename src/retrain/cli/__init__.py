@@ -1,0 +1,1 @@
+"""The `retrain` command: one module per area, each with `register(app)`."""

@@ -1,0 +1,1 @@
+"""`retrain demo`: a use case's history replayed through the whole loop with real servers."""

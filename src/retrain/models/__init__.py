@@ -1,0 +1,1 @@
+"""Training, the BentoML model store, the registry (versions and aliases) and promotion."""

@@ -1,0 +1,1 @@
+"""Drift and decay of the champion over a window: statistics, rules, and the alerts they send."""
