@@ -2,8 +2,9 @@
 
 A database at 0002 gets flight predictions and outcomes in the old layout (raw SQL), is upgraded to
 head, and must hold the same rows in the new columns; the ORM models must match the migrated
-schema. Runs on SQLite and on PostgreSQL (a database created and dropped here; skipped when
-127.0.0.1:5432 does not answer).
+schema. Migration 0005 (unique `predictions.row_key`) upgrades a populated 0004 database too.
+Runs on SQLite and on PostgreSQL (a database created and dropped here; skipped when 127.0.0.1:5432
+does not answer).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from tests.support.pg import scratch_database
 from retrain.core import db
 
 BEFORE = "0002_alert_admission"
-HEAD = "0004_generic_batches"
+BEFORE_ROW_KEY = "0004_generic_batches"
+HEAD = "0005_prediction_row_key"
 T0 = datetime(2013, 2, 10, 11, 0)  # naive UTC, as the old columns stored it
 TABLES = {"predictions", "outcomes"}
 
@@ -197,4 +199,67 @@ def test_downgrade_restores_the_flight_columns(url: str, engine: Engine) -> None
     assert outs == {o["flight_id"]: pytest.approx(o["arr_delay"]) for o in OLD_OUTCOMES}
     assert {k: bool(v) for k, v in late.items()} == {o["flight_id"]: o["late"] for o in OLD_OUTCOMES}
     command.upgrade(cfg, "head")  # and up again
+    assert _schema_diffs(engine) == []
+
+
+def _seed_generic_predictions(engine: Engine, n: int) -> None:
+    """Rows in the 0004 layout (no row_key), as the prediction log wrote them before 0005."""
+    rows = [{"request_id": f"q{i // 2}", "model_name": "flight_delay", "model_version": "v1",
+             "predicted_at": T0, "entity_key": f"e{i % 3}", "event_time": T0 + timedelta(minutes=i),
+             "attributes": '{"carrier": "UA"}', "features": '{"x": 1.0}', "missing_features": "[]",
+             "score": i / 10, "shadow_version": None, "shadow_score": None} for i in range(n)]
+    times = [bindparam(n, type_=DateTime()) for n in ("predicted_at", "event_time")]
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO predictions (request_id, model_name, model_version, predicted_at, entity_key, event_time, "
+            "attributes, features, missing_features, score, shadow_version, shadow_score) VALUES (:request_id, "
+            ":model_name, :model_version, :predicted_at, :entity_key, :event_time, :attributes, :features, "
+            ":missing_features, :score, :shadow_version, :shadow_score)").bindparams(*times), rows)
+
+
+def test_upgrade_0005_backfills_unique_row_keys_and_replays_exactly_once(
+        url: str, engine: Engine, tmp_path: Path) -> None:
+    from retrain.serving.predlog import LogBatch, PredictionLog, SpillDir
+
+    cfg = _config(url)
+    command.upgrade(cfg, BEFORE_ROW_KEY)
+    _seed_generic_predictions(engine, 5)  # duplicate (request_id, entity_key, predicted_at) on purpose
+
+    command.upgrade(cfg, "head")
+
+    sessions = db.session_factory(engine)
+    with sessions() as s:
+        keys = s.execute(select(db.Prediction.id, db.Prediction.row_key).order_by(db.Prediction.id)).tuples().all()
+        version = s.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    assert version == HEAD
+    assert keys == [(i, f"id-{i}") for i in range(1, 6)]
+    assert _schema_diffs(engine) == []
+    unique = [ix for ix in inspect(engine).get_indexes("predictions") if ix["column_names"] == ["row_key"]]
+    assert len(unique) == 1 and unique[0]["unique"]
+
+    # the log writes after the upgrade; a spill file replayed twice (crash after commit) adds its rows once
+    plog = PredictionLog(sessions, tmp_path / "spill", retry_seconds=0.0)
+    plog.submit(LogBatch([{"request_id": "new", "model_name": "flight_delay", "model_version": "v2",
+                           "predicted_at": _utc(T0), "entity_key": f"n{i}", "event_time": _utc(T0),
+                           "attributes": {}, "features": {"x": 2.0}, "missing_features": [], "score": 0.5,
+                           "shadow_version": None, "shadow_score": None} for i in range(3)]))
+    plog.flush_once()
+    with sessions() as s:
+        spilled = [{c: getattr(p, c) for c in ("row_key", "request_id", "model_name", "model_version",
+                                                "predicted_at", "entity_key", "event_time", "attributes",
+                                                "features", "missing_features", "score", "shadow_version",
+                                                "shadow_score")}
+                   for p in s.scalars(select(db.Prediction).where(db.Prediction.request_id == "new"))]
+    SpillDir(tmp_path / "spill").write(spilled)
+    plog.flush_once()
+    with sessions() as s:
+        ids = s.scalars(select(db.Prediction.id).order_by(db.Prediction.id)).all()
+    assert ids == [1, 2, 3, 4, 5, 6, 7, 8]  # the id sequence survived; no duplicate rows
+    assert plog.tally.n_written == 3 and plog.tally.n_replayed == 0 and plog.tally.n_duplicates == 3
+
+    command.downgrade(cfg, BEFORE_ROW_KEY)
+    assert "row_key" not in {c["name"] for c in inspect(engine).get_columns("predictions")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM predictions")).scalar_one() == 8
+    command.upgrade(cfg, "head")
     assert _schema_diffs(engine) == []

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     num_threads: int = 2
     seed: int = 42
     delay_threshold_minutes: float = 15.0
+    simulated_clock: bool = Field(default=False, description="Run on the simulated present a replay of history "
+                                  "sets (RETRAIN_HOME/sim_clock.json) instead of wall-clock time. Off unless a "
+                                  "demo or a replay turns it on for the processes it starts; off, the file is "
+                                  "never read (`retrain status` warns when one is left behind).")
 
     # training
     num_boost_round: int = 300
@@ -85,6 +89,10 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="After a failed database write, spill without retrying for this long."
     )
     serve_log_max_rows: int = Field(default=5000, ge=1, description="Rows per prediction-log insert.")
+    serve_log_buffer_rows: int = Field(
+        default=100_000, gt=0, description="Prediction-log rows held in memory awaiting a flush; rows past it "
+        "are spilled to disk off the request path, or dropped and counted (retrain_predlog_rows_dropped)."
+    )
     # --- end serving internals ------------------------------------------------------------------
 
     # prefect

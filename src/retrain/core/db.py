@@ -37,10 +37,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 
 def utcnow() -> datetime:
-    """Retrain's present, timezone-aware UTC: the replay clock during a replay, else wall-clock time.
+    """Retrain's present, timezone-aware UTC: wall-clock time, or the replay clock when the simulated
+    mode is on (setting `simulated_clock`, off by default: no clock file is read then).
 
     Every recorded time (promotions, alerts, predictions) is stamped through here so that a replay
-    of history (the demo) keeps cooldowns, windows and monthly tables in simulated time.
+    of history (the demo, which turns the mode on) keeps cooldowns, windows and monthly tables in
+    simulated time.
     """
     from retrain.core.clock import now
     from retrain.core.config import get_settings
@@ -178,6 +180,13 @@ class Evaluation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+def _new_row_key() -> str:
+    """A fresh `Prediction.row_key` for rows written without one (the prediction log sets its own)."""
+    import uuid
+
+    return uuid.uuid4().hex
+
+
 class Prediction(Base):
     """One served prediction of any use case, with the features used and the shadow challenger's score.
 
@@ -185,10 +194,13 @@ class Prediction(Base):
     event it predicts (the scheduled departure), `attributes` the request's identifying fields used
     for slicing and monitoring (the use case's slice columns). `score` is the probability,
     or for regression the predicted value. Migration 0003 moved the first use case's columns here.
+    `row_key` identifies the logged row itself (unique; migration 0005): the prediction log inserts
+    with "on conflict do nothing" on it, so a spill file replayed twice adds its rows once.
     """
 
     __tablename__ = "predictions"
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    row_key: Mapped[str] = mapped_column(String(64), unique=True, index=True, default=_new_row_key)
     request_id: Mapped[str] = mapped_column(String(64), index=True)
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(128), index=True)

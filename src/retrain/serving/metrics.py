@@ -31,9 +31,12 @@ class ServingMetrics:
     feature_values_missing: Any  # Counter: of those, missing (null in the online store)
     rows_with_missing: Any  # Counter: rows with at least one missing feature
     log_written: Any  # Counter: prediction-log rows inserted directly
-    log_spilled: Any  # Counter: rows written to the spill file because the database failed
+    log_spilled: Any  # Counter: rows written to a spill file (database failed, or the buffer was full)
     log_replayed: Any  # Counter: spilled rows later inserted
     log_write_failures: Any  # Counter: failed database writes
+    log_quarantined: Any  # Counter: spill files moved to spill/quarantine/ (rows the database rejects, bad JSON)
+    log_overflowed: Any  # Counter: rows past the in-memory buffer bound (spilled off the request path, or dropped)
+    log_dropped: Any  # Counter: rows that could be neither buffered nor spilled (lost)
     swaps: Any  # Counter{alias}
     swap_failures: Any  # Counter{alias}
 
@@ -58,9 +61,15 @@ def serving_metrics() -> ServingMetrics:
                                   "Rows scored with at least one missing feature."),
         log_written=Counter("retrain_predlog_written_rows", "Prediction-log rows inserted on first try."),
         log_spilled=Counter("retrain_predlog_spilled_rows",
-                            "Prediction-log rows spilled to a local file (database unavailable)."),
+                            "Prediction-log rows spilled to a local file (database unavailable, buffer full)."),
         log_replayed=Counter("retrain_predlog_replayed_rows", "Spilled prediction-log rows replayed."),
         log_write_failures=Counter("retrain_predlog_write_failures", "Failed prediction-log database writes."),
+        log_quarantined=Counter("retrain_predlog_spill_quarantined",
+                                "Spill files set aside under spill/quarantine/ (data the database rejects)."),
+        log_overflowed=Counter("retrain_predlog_buffer_overflow_rows",
+                               "Prediction-log rows past the in-memory buffer bound (serve_log_buffer_rows)."),
+        log_dropped=Counter("retrain_predlog_rows_dropped",
+                            "Prediction-log rows lost: buffer full and the overflow could not be spilled."),
         swaps=Counter("retrain_model_swaps", "Models swapped in, by alias.", ["alias"]),
         swap_failures=Counter("retrain_model_swap_failures", "Models that failed to load or warm up.", ["alias"]),
     )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from retrain.core import clock
 from retrain.core.config import REPO_ROOT, Settings, get_settings
 from retrain.core.db import make_engine, session_factory
 from retrain.serving.follow import CHAMPION, LoadedModel, ModelFollower, version_by_tag
@@ -83,6 +84,15 @@ def _counters() -> Any:
 
         def write_failed(self) -> None:
             m.log_write_failures.inc()
+
+        def quarantined(self, n: int) -> None:
+            m.log_quarantined.inc(n)
+
+        def overflowed(self, n: int) -> None:
+            m.log_overflowed.inc(n)
+
+        def dropped(self, n: int) -> None:
+            m.log_dropped.inc(n)
 
     return _Counters()
 
@@ -144,7 +154,7 @@ class ServingRuntime:
         self.predlog = PredictionLog(
             sessions, settings.home / "spill", flush_seconds=settings.serve_log_flush_seconds,
             retry_seconds=settings.serve_log_retry_seconds, max_rows=settings.serve_log_max_rows,
-            enrich=self._shadow, counters=_counters(),
+            max_buffer_rows=settings.serve_log_buffer_rows, enrich=self._shadow, counters=_counters(),
         )
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -299,7 +309,14 @@ class ServingRuntime:
             registry_challenger=reg_chall.version if reg_chall else None,
             in_sync=in_sync, last_error=f.last_error or self._store_error,
             follow_seconds=self.settings.serve_follow_seconds if self.follow else None,
-            pinned=self.pinned is not None, worker_pid=os.getpid())
+            pinned=self.pinned is not None, worker_pid=os.getpid(), clock=_clock_label())
+
+
+def _clock_label() -> str:
+    """`real`, or the simulated present predictions are stamped with (`db.utcnow` follows the
+    process's settings, so this reads the same ones)."""
+    when = clock.state(get_settings()).now
+    return "real" if when is None else when.isoformat()
 
 
 # ---------------------------------------------------------------------- API key
