@@ -186,6 +186,7 @@ def bench_env(train_days: float, build_bento: bool) -> dict[str, str]:
         "RETRAIN_GATE_SIZE_FACTOR": "1000",
         "RETRAIN_GATE_LATENCY_FACTOR": "1000",
         "RETRAIN_GATE_SLICE_TOLERANCE": "1.0",
+        "RETRAIN_SIMULATED_CLOCK": "1",  # the home's clock stands at NOW (2014-01-01) for every process
     }
 
 

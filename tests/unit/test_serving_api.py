@@ -123,6 +123,7 @@ def test_predict_model_and_log(app_env: Any) -> None:
 
         info = client.get("/model", headers={"authorization": f"Bearer {KEY}"}).json()
         assert info["champion"]["version"] == "v1" and info["in_sync"] and info["registry_champion"] == "v1"
+        assert info["clock"] == "real"  # simulated time is off unless a demo turns it on (test_clock_mode.py)
 
         too_many = client.post("/predict", json={"flights": [FLIGHT] * 6}, headers=auth)
         assert too_many.status_code == 400 and "exceeds the limit of 5" in too_many.text

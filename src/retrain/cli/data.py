@@ -106,6 +106,11 @@ def register(app: typer.Typer) -> None:
         ing = result["ingestion"]
         table = Table(title=f"retrain status ({result['home']})", show_header=False)
         table.add_row("database", result["database"])
+        table.add_row("clock", result["clock"]["label"])
+        if result["clock"]["warning"]:
+            from rich.markup import escape
+
+            table.add_row("[yellow]warning[/]", escape(result["clock"]["warning"]))
         table.add_row("batches", ", ".join(f"{k}={v}" for k, v in ing["batches_by_status"].items()) or "none")
         table.add_row("rows landed", f"{ing['rows_landed']:,} of {ing['rows_received']:,} received")
         table.add_row("rows quarantined", f"{ing['rows_quarantined']:,}")

@@ -65,6 +65,9 @@ def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
     env["RETRAIN_REPO"] = str(REPO_ROOT)
     env["BENTOML_HOME"] = str(settings.bentoml_home)
     env["BENTOML_DO_NOT_TRACK"] = "True"
+    # simulated time reaches the worker's flow runs and the service exactly when this process's settings
+    # run on it (the demo turns it on), whatever the inherited environment holds
+    env["RETRAIN_SIMULATED_CLOCK"] = "1" if settings.simulated_clock else "0"
     # LightGBM's OpenMP threads spin-wait by default: on a shared 2-core machine a fit took 15.7 s
     # with 2 spinning threads vs 4.8 s with PASSIVE waiting (bench/loop.py).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from retrain.core import clock
 from retrain.core.config import Settings
 from retrain.core.db import IngestionBatch, QuarantinedRow
 
@@ -71,6 +72,13 @@ def ingestion_summary(settings: Settings, sessions: sessionmaker[Session]) -> di
     }
 
 
+def clock_summary(settings: Settings) -> dict[str, Any]:
+    """Which clock retrain runs on with these settings (`real` or `simulated at <time>`; a running
+    service reports its own in `GET /model`), and a warning when a clock file is left behind while
+    simulated time is off (it is ignored)."""
+    return clock.state(settings).as_json()
+
+
 SECTIONS: dict[str, Section] = {"ingestion": ingestion_summary}
 
 
@@ -80,6 +88,7 @@ def summary(settings: Settings, sessions: sessionmaker[Session]) -> dict[str, An
         "home": str(settings.home),
         "database": make_url(settings.db_url).render_as_string(hide_password=True),
         "profile": settings.profile,
+        "clock": clock_summary(settings),
     }
     for name, build in SECTIONS.items():
         out[name] = build(settings, sessions)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from retrain.core import services
+from retrain.core import clock, services
 from retrain.core.config import Settings
 from retrain.core.jsonsafe import write_json_atomic
 
@@ -45,9 +45,13 @@ DEMO_POLICY: dict[str, str] = {
 
 
 def apply_demo_policy() -> dict[str, str]:
-    """Set the demo policy in the environment (before settings are read; worker processes inherit it)."""
+    """Set the demo policy in the environment (before settings are read; worker processes inherit it).
+
+    Also turns simulated time on (not overridable: the demo replays history) for this process and,
+    through the settings, for the Prefect worker's flow runs and the service it starts."""
     for key, value in DEMO_POLICY.items():
         os.environ.setdefault(key, value)
+    os.environ[clock.ENV_VAR] = "1"
     return {k: os.environ[k] for k in DEMO_POLICY}
 
 
@@ -93,6 +97,8 @@ def reset(settings: Settings) -> None:
 
 def start_prefect(settings: Settings, state: DemoState, say: Say) -> None:
     """The Prefect server (state under RETRAIN_HOME), the work pool and deployments, a process worker."""
+    require_simulated_clock(settings)
+    warn_if_running(settings, "prefect-worker", say)
     settings.ensure_dirs()
     os.environ.update(services.prefect_env(settings))
     t0 = time.perf_counter()
@@ -116,7 +122,24 @@ def run_deployment(settings: Settings, name: str, parameters: dict[str, Any], ti
     return state.result()
 
 
+def require_simulated_clock(settings: Settings) -> None:
+    """The demo replays history: it needs simulated time on (`apply_demo_policy` turns it on)."""
+    if not settings.simulated_clock:
+        raise RuntimeError(f"the demo replays history on simulated time: set {clock.ENV_VAR}=1 before reading "
+                           "settings (`retrain demo` does) so the worker and the service it starts follow it")
+
+
+def warn_if_running(settings: Settings, name: str, say: Say) -> None:
+    """A process started before the demo keeps its own clock (wall-clock unless it was started with
+    simulated time on): say so, since the demo reuses it."""
+    if services.pid_of(settings, name) is not None:
+        say(f"warning: {name} is already running and is reused; it follows the simulated clock only if it was "
+            f"started with {clock.ENV_VAR}=1 (`retrain down` first to be sure)")
+
+
 def start_service(settings: Settings, say: Say) -> None:
+    require_simulated_clock(settings)
+    warn_if_running(settings, "bentoml", say)
     say(f"starting the BentoML service on {settings.serve_host}:{settings.serve_port}")
     services.start(settings, services.bento_spec(settings), timeout=240)
 

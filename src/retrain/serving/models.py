@@ -33,4 +33,7 @@ class ModelInfo(BaseModel):
     follow_seconds: float | None = Field(description="Registry poll interval; null when pinned.")
     pinned: bool
     worker_pid: int
+    clock: str = Field(default="real", description="The time this worker stamps predictions with: `real` "
+                       "(wall-clock UTC) or the simulated present (ISO 8601) of a replay (setting "
+                       "simulated_clock, off unless a demo turned it on).")
 

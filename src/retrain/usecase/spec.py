@@ -156,7 +156,8 @@ class UseCaseSpec(_Strict):
     def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
         from retrain.core.config import Settings
 
-        fixed = {"home", "database_url", "profile", "redis_url", "feast_registry_url", "usecase", "usecases_dir"}
+        fixed = {"home", "database_url", "profile", "redis_url", "feast_registry_url", "usecase", "usecases_dir",
+                 "simulated_clock"}
         unknown = sorted(k for k in value if k not in Settings.model_fields or k in fixed)
         if unknown:
             raise ValueError(f"{unknown}: not per-use-case settings (see `retrain usecases show NAME` for the list)")
