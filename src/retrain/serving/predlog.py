@@ -473,9 +473,9 @@ class PredictionLog:
             thread.join(timeout=30.0)
             if thread.is_alive():
                 with self._lock:
-                    in_flight = self._overflow_rows - sum(len(b.rows) for b in self._overflow)
+                    pending = self._overflow_rows - sum(len(b.rows) for b in self._overflow)
                 log.error("prediction log: the overflow writer is still writing %d rows to %s at shutdown; "
-                          "they are lost if the process exits first", in_flight, self.spill.path)
+                          "they are lost if the process exits first", pending, self.spill.path)
 
     # ------------------------------------------------------------------ flushing
 
