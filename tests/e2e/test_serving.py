@@ -347,12 +347,7 @@ def test_every_prediction_was_logged(server: Server, home: ServingHome) -> None:
 
 @pytest.fixture(scope="module")
 def production(home: ServingHome, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Any, Any]]:
-    try:
-        ctx = production_stores()
-        stores = ctx.__enter__()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    try:
+    with production_stores() as stores:
         settings = build_production_home(home, tmp_path_factory.mktemp("serving_prod"), stores,
                                          serve_follow_seconds=FOLLOW_S, serve_log_flush_seconds=1.5,
                                          serve_log_retry_seconds=0.5)
@@ -361,8 +356,6 @@ def production(home: ServingHome, tmp_path_factory: pytest.TempPathFactory) -> I
             yield srv, stores, settings
         finally:
             srv.stop()
-    finally:
-        ctx.__exit__(None, None, None)
 
 
 PROD_SERVED: list[tuple[str, int]] = []

@@ -18,7 +18,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -28,6 +27,8 @@ import pandas as pd
 import pytest
 from tests.support.feature_home import FeatureHome, build_feature_home, feast_env
 from tests.support.flights import flight_settings
+from tests.support.pg import scratch_database
+from tests.support.services import redis_database
 
 from flight_delay import features as F
 from flight_delay.data import load_flights, load_weather
@@ -240,30 +241,13 @@ def test_online_equals_historical_sqlite(feature_home: FeatureHome, store: Featu
 def production_settings(feature_home: FeatureHome) -> Iterator[Settings]:
     """Production profile on the landed home: registry in a fresh PostgreSQL database (dropped
     after), online store in a Redis db number (flushed before and after)."""
-    psycopg = pytest.importorskip("psycopg")
-    redis = pytest.importorskip("redis")
-    admin_url = os.environ.get("RETRAIN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
     redis_db = int(os.environ.get("RETRAIN_TEST_REDIS_DB", "12"))
-    try:
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
-        client = redis.Redis(host="127.0.0.1", port=6379, db=redis_db, socket_connect_timeout=3)
-        client.ping()
-    except Exception as exc:  # a machine without the servers: say so in the report
-        pytest.skip(f"PostgreSQL/Redis not reachable on 127.0.0.1: {exc}")
-    name = f"retrain_feast_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    client.flushdb()
-    try:
+    with scratch_database("retrain_feast") as registry_url, redis_database(redis_db) as redis_url:
         yield feature_home.settings.model_copy(update={
             "profile": "production",
-            "feast_registry_url": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
-            "redis_url": f"redis://127.0.0.1:6379/{redis_db}",
+            "feast_registry_url": registry_url,
+            "redis_url": redis_url,
         })
-    finally:
-        client.flushdb()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-        client.close()
 
 
 @pytest.mark.postgres

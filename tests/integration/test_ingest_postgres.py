@@ -1,6 +1,6 @@
 """Ingestion against PostgreSQL: same migrations, same counts, same refusals as on SQLite.
 
-Creates a fresh database `ingest_<random>` on 127.0.0.1:5432 and drops it afterwards.
+Creates a fresh database `ingest_<random>` on the server of RETRAIN_TEST_PG_ADMIN and drops it afterwards.
 """
 
 from __future__ import annotations

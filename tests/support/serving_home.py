@@ -29,6 +29,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support.feature_home import build_feature_home, feast_env
 from tests.support.flights import flight_settings
+from tests.support.pg import pg_admin, pg_execute, scratch_url
+from tests.support.services import pg_admin_url, redis_database, redis_url
 
 from flight_delay import features as F
 from flight_delay.serving import SERVICE_IMPORT as FLIGHTS_SERVICE
@@ -256,22 +258,18 @@ class ProductionStores:
 
     @property
     def sql_url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.sql_db}"
+        return scratch_url(self.sql_db, self.admin_url)
 
     @property
     def feast_url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.feast_db}"
+        return scratch_url(self.feast_db, self.admin_url)
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:6379/{self.redis_db}"
+        return redis_url(self.redis_db)
 
     def admin(self, sql: str) -> list[tuple[Any, ...]]:
-        import psycopg
-
-        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=3) as conn:
-            cur = conn.execute(sql)  # type: ignore[arg-type]
-            return list(cur.fetchall()) if cur.description else []
+        return pg_execute(sql, self.admin_url)
 
     def sql_down(self) -> None:
         """Make the SQL database unavailable for real: refuse new connections, kill the open ones."""
@@ -284,33 +282,23 @@ class ProductionStores:
 
 @contextlib.contextmanager
 def production_stores(redis_db: int | None = None) -> Iterator[ProductionStores]:
-    """Create the databases (skip-worthy RuntimeError when the servers are not reachable)."""
+    """Create the databases and flush the Redis db (before and after); the test skips when the
+    servers are not reachable, or fails under RETRAIN_REQUIRE_SERVICES=1."""
     import uuid
 
-    import redis
-
-    admin_url = os.environ.get("RETRAIN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
     db = redis_db if redis_db is not None else int(os.environ.get("RETRAIN_TEST_REDIS_DB_SERVING", "13"))
     suffix = uuid.uuid4().hex[:10]
-    stores = ProductionStores(admin_url, f"retrain_serve_{suffix}", f"retrain_serve_feast_{suffix}", db)
-    client = redis.Redis(host="127.0.0.1", port=6379, db=db, socket_connect_timeout=3)
-    try:
-        client.ping()
-        stores.admin("SELECT 1")
-    except Exception as exc:
-        raise RuntimeError(f"PostgreSQL/Redis not reachable on 127.0.0.1: {exc}") from exc
-    stores.admin(f'CREATE DATABASE "{stores.sql_db}"')
-    stores.admin(f'CREATE DATABASE "{stores.feast_db}"')
-    client.flushdb()
-    try:
-        yield stores
-    finally:
-        client.flushdb()
-        client.close()
-        for name in (stores.sql_db, stores.feast_db):
-            with contextlib.suppress(Exception):
-                stores.admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-            stores.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    stores = ProductionStores(pg_admin_url(), f"retrain_serve_{suffix}", f"retrain_serve_feast_{suffix}", db)
+    with redis_database(db), contextlib.closing(pg_admin(stores.admin_url)) as admin:
+        try:
+            admin.execute(f'CREATE DATABASE "{stores.sql_db}"')
+            admin.execute(f'CREATE DATABASE "{stores.feast_db}"')
+            yield stores
+        finally:
+            for name in (stores.sql_db, stores.feast_db):
+                with contextlib.suppress(Exception):
+                    admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def build_production_home(src: ServingHome, home: Path, stores: ProductionStores, **overrides: Any) -> Settings:

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
+from tests.support.pg import scratch_database
 
 from retrain.alerts.ledger import (
     ADMITTED_DETAIL,
@@ -389,32 +390,20 @@ def test_storm_of_20_alerts_from_concurrent_processes_on_sqlite(
 
 @pytest.mark.postgres
 def test_storm_of_20_alerts_on_postgres(tmp_path: Path) -> None:
-    admin_url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    name = f"retrain_ledger_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # pragma: no cover - only when the server is absent
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    engine = None
-    try:
-        db.upgrade(url)
-        settings = Settings(home=tmp_path, database_url=url)
-        engine = db.make_engine(url)
-        sessions = db.session_factory(engine)
-        assert_exactly_one_run(storm(settings, url), sessions)
-        # the partial unique index is what guarantees it: a second "run" row is refused outright
-        with pytest.raises(Exception, match="ux_alerts_admitted"):
-            record_alert(sessions, drift("storm"), model_name=settings.model_name, outcome="run")
-    finally:
-        if engine is not None:
-            engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("retrain_ledger") as url:
+        engine = None
+        try:
+            db.upgrade(url)
+            settings = Settings(home=tmp_path, database_url=url)
+            engine = db.make_engine(url)
+            sessions = db.session_factory(engine)
+            assert_exactly_one_run(storm(settings, url), sessions)
+            # the partial unique index is what guarantees it: a second "run" row is refused outright
+            with pytest.raises(Exception, match="ux_alerts_admitted"):
+                record_alert(sessions, drift("storm"), model_name=settings.model_name, outcome="run")
+        finally:
+            if engine is not None:
+                engine.dispose()
 
 
 # ------------------------------------------------------------------- cooldown after rollbacks, atomicity
@@ -535,8 +524,6 @@ def test_admission_waits_for_an_uncommitted_promotion_on_sqlite(
 @pytest.mark.postgres
 def test_admission_waits_for_an_uncommitted_promotion_on_postgres(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.support.pg import scratch_database
-
     with scratch_database("retrain_ledger_lock") as url:
         db.upgrade(url)
         settings = Settings(home=tmp_path, database_url=url, retrain_cooldown_hours=24)

@@ -3,8 +3,8 @@
 A database at 0002 gets flight predictions and outcomes in the old layout (raw SQL), is upgraded to
 head, and must hold the same rows in the new columns; the ORM models must match the migrated
 schema. Migration 0005 (unique `predictions.row_key`) upgrades a populated 0004 database too.
-Runs on SQLite and on PostgreSQL (a database created and dropped here; skipped when 127.0.0.1:5432
-does not answer).
+Runs on SQLite and on PostgreSQL (a database created and dropped here; skipped when the server of
+RETRAIN_TEST_PG_ADMIN does not answer, failed instead under RETRAIN_REQUIRE_SERVICES=1).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import insert, select
+from tests.support.pg import scratch_database
 
 from retrain.core import db
 from retrain.core.config import Settings
@@ -402,39 +403,28 @@ def test_history_and_chart(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 def test_run_monitoring_on_postgres(tmp_path: Path) -> None:
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    name = f"retrain_monitor_{uuid.uuid4().hex[:10]}"
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    engine = None
-    try:
-        db.upgrade(url)
-        settings = settings_for(tmp_path, database_url=url)
-        engine = db.make_engine(url)
-        sessions = db.session_factory(engine)
-        add_champion(sessions, profile_of(synth(np.random.default_rng(1), 5_000)))
-        window = synth(np.random.default_rng(2), 800, shift_signal=1.5)
-        as_of = T0 + timedelta(hours=12)
-        log_predictions(sessions, window.iloc[:500], landed=as_of - timedelta(hours=1))
-        log_predictions(sessions, window.iloc[500:], landed=as_of + timedelta(hours=1))
-        result = run_monitoring(sessions, settings, "m", T0, T0 + timedelta(days=1), as_of)
-        assert (result.n_predictions, result.n_labelled) == (800, 500)
-        expected = score_metrics(window["late"].iloc[:500], window["score"].iloc[:500])
-        assert result.performance is not None and result.performance.auc == pytest.approx(expected.auc)
-        assert result.features["carrier"].psi is not None and result.features["carrier"].psi < 0.05
-        assert {a.kind for a in result.alerts} >= {"data_drift", "prediction_drift"}
-        assert [h["run_id"] for h in monitoring_history(sessions, "m")] == [result.run_id]
-    finally:
-        if engine is not None:
-            engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("retrain_monitor") as url:
+        engine = None
+        try:
+            db.upgrade(url)
+            settings = settings_for(tmp_path, database_url=url)
+            engine = db.make_engine(url)
+            sessions = db.session_factory(engine)
+            add_champion(sessions, profile_of(synth(np.random.default_rng(1), 5_000)))
+            window = synth(np.random.default_rng(2), 800, shift_signal=1.5)
+            as_of = T0 + timedelta(hours=12)
+            log_predictions(sessions, window.iloc[:500], landed=as_of - timedelta(hours=1))
+            log_predictions(sessions, window.iloc[500:], landed=as_of + timedelta(hours=1))
+            result = run_monitoring(sessions, settings, "m", T0, T0 + timedelta(days=1), as_of)
+            assert (result.n_predictions, result.n_labelled) == (800, 500)
+            expected = score_metrics(window["late"].iloc[:500], window["score"].iloc[:500])
+            assert result.performance is not None and result.performance.auc == pytest.approx(expected.auc)
+            assert result.features["carrier"].psi is not None and result.features["carrier"].psi < 0.05
+            assert {a.kind for a in result.alerts} >= {"data_drift", "prediction_drift"}
+            assert [h["run_id"] for h in monitoring_history(sessions, "m")] == [result.run_id]
+        finally:
+            if engine is not None:
+                engine.dispose()
 
 
 def test_run_monitoring_counts_nan_and_null_features_as_missing(tmp_path: Path) -> None:

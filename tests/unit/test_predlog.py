@@ -1,8 +1,9 @@
 """Prediction log: batched writes, spill on database failure, replay without loss or duplicates.
 
-Runs on SQLite and on PostgreSQL (a scratch database per test; skipped when 127.0.0.1:5432 does
-not answer): poisoned spill files are quarantined, the buffer is bounded and its overflow counted,
-and a spill file replayed twice inserts its rows once.
+Runs on SQLite and on PostgreSQL (a scratch database per test; skipped when the server of
+RETRAIN_TEST_PG_ADMIN does not answer, failed instead under RETRAIN_REQUIRE_SERVICES=1): poisoned
+spill files are quarantined, the buffer is bounded and its overflow counted, and a spill file
+replayed twice inserts its rows once.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from tests.support.models import fake_version_fields, registry_home
+from tests.support.pg import scratch_database
 
 from retrain.core.db import Alias, ModelVersion, Promotion
 from retrain.models import registry
@@ -153,21 +153,12 @@ def test_concurrent_promotions_leave_one_champion_sqlite(sessions: sessionmaker[
 
 @pytest.fixture
 def pg_sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    psycopg = pytest.importorskip("psycopg")
-    name = f"retrain_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True,
-                                connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        _, sessions = registry_home(tmp_path, database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-        yield sessions
-        sessions.kw["bind"].dispose()
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_database("retrain_test") as url:
+        _, sessions = registry_home(tmp_path, database_url=url)
+        try:
+            yield sessions
+        finally:
+            sessions.kw["bind"].dispose()
 
 
 @pytest.mark.postgres
