@@ -18,12 +18,18 @@ def register(app: typer.Typer) -> None:
     def up_cmd(
         serve: bool = typer.Option(True, "--serve/--no-serve", help="Also start the BentoML service."),
         deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Create the work pool and deploy prefect.yaml."),
+        insecure: bool = typer.Option(False, "--insecure", help="Serve on a non-loopback serve_host without "
+                                      "RETRAIN_API_KEY (every route open)."),
     ) -> None:
         """Start the Prefect server (state under RETRAIN_HOME), a process worker and the service."""
         from retrain.core import services
         from retrain.core.config import get_settings
 
         settings = get_settings()
+        if insecure:
+            settings = settings.model_copy(update={"serve_insecure": True})
+        if serve:
+            services.check_bind(settings)  # before anything starts
         settings.ensure_dirs()
         with console.status("starting the Prefect server"):
             services.start(settings, services.prefect_server_spec(settings))

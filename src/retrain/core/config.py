@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     serve_max_batch: int = 1000
     serve_follow_seconds: float = 0.5
     api_key: str | None = None
+    serve_insecure: bool = Field(default=False, description="Serve on a non-loopback address without an api_key "
+                                 "(every route, including the alert intake that starts retrains, is then open).")
     # --- serving internals (src/retrain/serving/runtime.py, follow.py, predlog.py) ----------------------
     serve_workers: int = Field(default=1, ge=1, description="BentoML worker processes; each follows the champion.")
     serve_swap_retry_seconds: float = Field(default=30.0, gt=0, description="Retry a model that failed to load.")

@@ -107,9 +107,31 @@ def bento_service(settings: Settings) -> str:
     return service
 
 
+class InsecureBindError(ValueError):
+    """Serving on a non-loopback address with no API key and no explicit opt-in."""
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to expose the service beyond this machine without an API key, unless asked to explicitly."""
+    import ipaddress
+
+    host = settings.serve_host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: reachable from elsewhere
+        loopback = False
+    if not loopback and not settings.api_key and not settings.serve_insecure:
+        raise InsecureBindError(
+            f"serve_host {settings.serve_host!r} is reachable from other hosts and no api_key is set: every route, "
+            "including the one that starts retrains, would be open; set RETRAIN_API_KEY, serve on 127.0.0.1, or "
+            "pass --insecure (RETRAIN_SERVE_INSECURE=1) to serve it open on purpose")
+
+
 def bento_spec(settings: Settings) -> ServiceSpec:
     """`bentoml serve` of the active use case's bento: the one use-case service definition
-    (`settings.bento == "usecase"`, with `--arg usecase=NAME`) or the use case's own."""
+    (`settings.bento == "usecase"`, with `--arg usecase=NAME`) or the use case's own. Refuses a
+    non-loopback address without an API key (`check_bind`)."""
+    check_bind(settings)
     argv = [bin_path("bentoml"), "serve", bento_service(settings)]
     if settings.bento == "usecase":
         argv += ["--arg", f"usecase={settings.usecase}"]
