@@ -51,10 +51,9 @@ if str(ROOT) not in sys.path:  # run as `python bench/serve_generic.py` (bench/r
     sys.path.insert(0, str(ROOT))
 
 from bench.serve import Result, bodies, ensure_home, free_port, measure, start, stop, wait_up  # noqa: E402
+from flight_delay.serving import SERVICE_IMPORT as FLIGHTS_SERVICE  # noqa: E402
 from retrain.core.config import Settings, get_settings  # noqa: E402
 from retrain.serving.runtime import serve_argv, serve_env  # noqa: E402
-
-FLIGHTS_SERVICE = "bentos.flight_delay.service:FlightDelay"
 
 USECASE = "bike_sharing"
 HEAD, OLD, BIKE = "flights HEAD", "flights OLD", "generic bike_sharing"

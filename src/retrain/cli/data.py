@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
-
-if TYPE_CHECKING:
-    pass
 
 console = Console(stderr=True)
 out = Console()
@@ -120,5 +117,5 @@ def register(app: typer.Typer) -> None:
             table.add_row("  quarantine", f"{reason['field']}:{reason['rule']} x {reason['rows']:,}")
         out.print(table)
 
-    # `retrain materialize` / `retrain apply` live in retrain/commands/features.py (the Feast side);
+    # `retrain materialize` / `retrain apply` live in retrain/cli/features.py (the Feast side);
     # add further data commands here.

@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each module under retrain.commands defines `register(app)`; one module per area keeps this file small.
+# Each module under retrain.cli defines `register(app)`; one module per area keeps this file small.
 COMMAND_MODULES: tuple[str, ...] = (
     "retrain.cli.data",
     "retrain.cli.features",
