@@ -262,7 +262,7 @@ def test_online_equals_historical_postgres_redis(feature_home: FeatureHome, prod
     # the rows really are in Redis
     import redis
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url_value)
     assert cast(int, client.dbsize()) > 1000
     client.close()
 

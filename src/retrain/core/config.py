@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -24,10 +24,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETRAIN_", extra="ignore")
 
     home: Path = Field(default=Path("./var"), description="Directory holding every piece of state.")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home.")
+    # URLs and keys that may carry credentials are SecretStr: repr, str and JSON dumps show "**********",
+    # so a settings dump in a report, a log line or `retrain usecases show` never prints them; code that
+    # connects reads them through `reveal` (or `db_url` / `redis_url_value` / `registry_url` / `api_key_value`)
+    database_url: SecretStr | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home.")
     profile: Literal["local", "production"] = "local"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    feast_registry_url: str | None = None
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    feast_registry_url: SecretStr | None = None
     feature_repo: Path = REPO_ROOT / "feature_repo"
 
     usecase: str = Field(default="", description="Active use case (a folder with a usecase.yaml); empty: the "
@@ -80,7 +83,8 @@ class Settings(BaseSettings):
     serve_port: int = 3000
     serve_max_batch: int = 1000
     serve_follow_seconds: float = 0.5
-    api_key: str | None = None
+    api_key: SecretStr | None = Field(default=None, description="Key every non-health route requires in the "
+                                      "x-api-key header; empty: no key.")
     serve_insecure: bool = Field(default=False, description="Serve on a non-loopback address without an api_key "
                                  "(every route, including the alert intake that starts retrains, is then open).")
     # --- serving internals (src/retrain/serving/runtime.py, follow.py, predlog.py) ----------------------
@@ -151,8 +155,23 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        """SQLAlchemy URL of the system of record."""
-        return self.database_url or f"sqlite:///{self.home / 'retrain.db'}"
+        """SQLAlchemy URL of the system of record (revealed: for connecting, never for printing)."""
+        return reveal(self.database_url) or f"sqlite:///{self.home / 'retrain.db'}"
+
+    @property
+    def redis_url_value(self) -> str:
+        """The Redis URL, revealed (for connecting, never for printing)."""
+        return reveal(self.redis_url) or ""
+
+    @property
+    def registry_url(self) -> str:
+        """SQLAlchemy URL of the Feast registry, revealed; default SQLite in home."""
+        return reveal(self.feast_registry_url) or f"sqlite:///{self.home / 'feast_registry.db'}"
+
+    @property
+    def api_key_value(self) -> str | None:
+        """The serving API key, revealed; None when unset or empty."""
+        return reveal(self.api_key) or None
 
     @property
     def offline_dir(self) -> Path:
@@ -186,8 +205,8 @@ class Settings(BaseSettings):
         """Environment variables the Feast YAML expands (`${RETRAIN_HOME}` and friends)."""
         env = {
             "RETRAIN_HOME": str(self.home),
-            "RETRAIN_FEAST_REGISTRY_URL": self.feast_registry_url or f"sqlite:///{self.home / 'feast_registry.db'}",
-            "RETRAIN_REDIS_CONNECTION": redis_connection_string(self.redis_url),
+            "RETRAIN_FEAST_REGISTRY_URL": self.registry_url,
+            "RETRAIN_REDIS_CONNECTION": redis_connection_string(self.redis_url_value),
         }
         return env
 
@@ -199,11 +218,22 @@ class Settings(BaseSettings):
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def reveal(value: SecretStr | str | None) -> str | None:
+    """The plain value of a secret setting (a `model_copy(update=...)` may have left a plain str)."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
 def redis_connection_string(url: str) -> str:
-    """Turn `redis://host:port/db` into Feast's `host:port,db=N` connection string."""
-    rest = url.split("://", 1)[-1]
-    hostport, _, db = rest.partition("/")
-    return f"{hostport},db={db or 0}"
+    """Turn `redis[s]://[:password@]host:port/db` into Feast's `host:port,db=N[,password=…][,ssl=true]`."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url if "://" in url else f"redis://{url}")
+    options = [f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}", f"db={parts.path.strip('/') or 0}"]
+    if parts.password:
+        options.append(f"password={unquote(parts.password)}")
+    if parts.scheme == "rediss":
+        options.append("ssl=true")
+    return ",".join(options)
 
 
 @lru_cache(maxsize=1)

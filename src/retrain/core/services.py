@@ -120,7 +120,7 @@ def check_bind(settings: Settings) -> None:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: reachable from elsewhere
         loopback = False
-    if not loopback and not settings.api_key and not settings.serve_insecure:
+    if not loopback and not settings.api_key_value and not settings.serve_insecure:
         raise InsecureBindError(
             f"serve_host {settings.serve_host!r} is reachable from other hosts and no api_key is set: every route, "
             "including the one that starts retrains, would be open; set RETRAIN_API_KEY, serve on 127.0.0.1, or "

@@ -176,7 +176,7 @@ def _missing(value: Any) -> bool:
 def predict(client: httpx.Client, settings: Settings, body: list[dict[str, Any]]) -> dict[str, int]:
     """POST rows in batches of `serve_max_batch`; counts per answering model version."""
     versions: dict[str, int] = {}
-    headers = {"x-api-key": settings.api_key} if settings.api_key else {}
+    headers = {"x-api-key": key} if (key := settings.api_key_value) else {}
     for i in range(0, len(body), settings.serve_max_batch):
         resp = client.post("/predict", json={"rows": body[i:i + settings.serve_max_batch]}, headers=headers)
         if resp.status_code != 200:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrain.core import clock
-from retrain.core.config import REPO_ROOT, Settings, get_settings
+from retrain.core.config import REPO_ROOT, Settings, get_settings, reveal
 from retrain.core.db import make_engine, session_factory
 from retrain.serving.follow import CHAMPION, LoadedModel, ModelFollower, version_by_tag
 from retrain.serving.models import ModelDescription, ModelInfo
@@ -336,7 +336,7 @@ class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, api_key: str | None = None,
                  settings_provider: Callable[[], Settings] = get_settings) -> None:
         self.app = app
-        self.api_key = api_key if api_key is not None else settings_provider().api_key
+        self.api_key = api_key if api_key is not None else settings_provider().api_key_value
 
     @staticmethod
     def presented(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -376,13 +376,13 @@ def serve_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
     env.update({"RETRAIN_HOME": str(settings.home), "BENTOML_HOME": str(settings.bentoml_home),
                 "BENTOML_DO_NOT_TRACK": "True", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "RETRAIN_PROFILE": settings.profile})
-    for name, value in (("RETRAIN_DATABASE_URL", settings.database_url),
-                        ("RETRAIN_FEAST_REGISTRY_URL", settings.feast_registry_url)):
+    for name, value in (("RETRAIN_DATABASE_URL", reveal(settings.database_url)),
+                        ("RETRAIN_FEAST_REGISTRY_URL", reveal(settings.feast_registry_url))):
         if value:
             env[name] = value
         else:  # never inherit another home's database from the calling process
             env.pop(name, None)
-    env["RETRAIN_REDIS_URL"] = settings.redis_url
+    env["RETRAIN_REDIS_URL"] = settings.redis_url_value
     env.update(extra or {})
     return env
 

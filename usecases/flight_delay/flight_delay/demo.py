@@ -120,7 +120,7 @@ def predict_day(client: httpx.Client, settings: Settings, flights: pd.DataFrame,
     """POST the day's flights in batches; returns counts per answering model version."""
     versions: dict[str, int] = {}
     body = flight_requests(flights)
-    headers = {"x-api-key": settings.api_key} if settings.api_key else {}
+    headers = {"x-api-key": key} if (key := settings.api_key_value) else {}
     for i in range(0, len(body), batch):
         resp = client.post("/predict", json={"flights": body[i:i + batch]}, headers=headers)
         resp.raise_for_status()
