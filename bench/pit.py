@@ -38,6 +38,7 @@ from tests.support.flights import flight_settings
 
 from flight_delay import features as F
 from flight_delay.data import ReplayClock, enrich_flights, load_flights, outcomes_of
+from flight_delay.landed import register_parts
 from retrain.core.config import Settings
 from retrain.features import store as FS
 
@@ -98,9 +99,8 @@ def prepare_home(settings: Settings) -> dict[str, Any]:
     settings.ensure_dirs()
     t0 = time.perf_counter()
     flights = enrich_flights(ReplayClock(load_flights()).flights_between(None, SEEN_AT))
-    F.write_parquet_atomic(flights.reset_index(drop=True), settings.offline_dir / "flights" / "part-000001.parquet")
-    F.write_parquet_atomic(outcomes_of(flights, settings.delay_threshold_minutes),
-                           settings.offline_dir / "outcomes" / "part-000001.parquet")
+    register_parts(settings, flights=flights, outcomes=outcomes_of(flights, settings.delay_threshold_minutes),
+                   source="benchmark home")
     t_land = time.perf_counter() - t0
     rows, t_refresh, _ = measured(lambda: F.refresh_feature_tables(settings))
     _, t_apply, _ = measured(lambda: F.apply_repo(settings))

@@ -11,7 +11,7 @@ from prefect.artifacts import create_table_artifact
 from retrain.core import clock
 from retrain.core.times import to_utc
 from retrain.models.registry import open_registry
-from retrain.monitoring.alerts import send_alerts
+from retrain.monitoring.alerts import send_alerts, send_notices
 from retrain.monitoring.monitor import monitoring_history, plot_history, run_monitoring
 from retrain.usecase.pipeline import settings_of
 
@@ -33,6 +33,21 @@ def emit_alerts(model_name: str, alerts: list[dict[str, Any]], as_of: str) -> di
     """Each firing rule becomes an event, or a ledger row when the ledger would skip it."""
     _spec, settings = settings_of(model_name)
     return send_alerts(settings, open_registry(settings), model_name, alerts, to_utc(as_of).to_pydatetime())
+
+
+@task(retries=1, retry_delay_seconds=5)
+def freshness_task(model_name: str, as_of: str) -> dict[str, Any]:
+    """Each feature view's newest online row against its cadence; stale views become
+    `retrain.alert.stale_features` events (once per view and day)."""
+    from retrain.features import freshness
+    from retrain.features.store import open_store
+
+    _spec, settings = settings_of(model_name)
+    now = to_utc(as_of).to_pydatetime()
+    views = freshness.check_freshness(open_store(settings), settings, now)
+    alerts = freshness.stale_alerts(views, model_name, now)
+    sent = send_notices(settings, open_registry(settings), model_name, alerts)
+    return {"views": [v.as_json() for v in views], "stale": [v.view for v in views if v.stale], "events": sent}
 
 
 @task
@@ -57,6 +72,14 @@ def monitor_flow(model_name: str = "flight_delay", as_of: str | None = None,
     publish(model_name, result)
     sent = emit_alerts(model_name, result["alerts"], result["window_to"])
     result["events"] = sent
+    checked = freshness_task(model_name, result["window_to"], return_state=True)  # its failure is reported, and
+    if checked.is_completed():                                                     # does not undo the monitoring
+        result["freshness"] = checked.result()
+        if result["freshness"]["stale"]:
+            print(f"stale feature views: {', '.join(result['freshness']['stale'])}")
+    else:
+        result["freshness"] = {"error": checked.message}
+        print(f"feature freshness not checked: {checked.message}")
     print(f"monitoring {result['window_from']} .. {result['window_to']}: {result['n_predictions']} predictions, "
           f"{result['n_labelled']} labelled; {len(result['alerts'])} alerts, {sent['sent']} events sent, "
           f"{sent['skipped']} skipped by the ledger")

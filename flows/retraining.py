@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
+from retrain.alerts import approval
 from retrain.alerts.reconcile import covering_retrain, reconcile_runs
 from retrain.alerts.retraining import run_retrain
 from retrain.core import clock
@@ -36,9 +37,9 @@ def train_task(model_name: str, start: datetime, end: datetime) -> str:
 
 
 @task(cache_policy=NONE)
-def evaluate_task(model_name: str, version: str, start: datetime, end: datetime) -> Any:
-    """Champion vs challenger on [start, end); promotes on a pass (bento build first)."""
-    return pipeline_for(model_name).evaluate(version, start, end, actor="flow:retrain")
+def evaluate_task(model_name: str, version: str, start: datetime, end: datetime, act: bool = True) -> Any:
+    """Champion vs challenger on [start, end); promotes on a pass when `act` (bento build first)."""
+    return pipeline_for(model_name).evaluate(version, start, end, actor="flow:retrain", act=act)
 
 
 @task(cache_policy=NONE)
@@ -73,10 +74,14 @@ def retrain_flow(kind: str = "manual", model_name: str = "flight_delay", metric:
     except Exception as exc:  # the check only prevents a redundant retrain; never block one on it
         logger.warning("could not check for a retrain that already covers this alert: %s", exc)
         covered = None
+    ask = settings.retrain_require_approval  # then the evaluation does not act: a person decides (or the timeout)
     report = run_retrain(
         settings, sessions, payload, clock.now(settings),
         train=lambda a, b: train_task(settings.model_name, a, b),
-        evaluate=lambda v, a, b: evaluate_task(settings.model_name, v, a, b),
+        evaluate=lambda v, a, b: evaluate_task(settings.model_name, v, a, b, act=not ask),
+        approve=(lambda outcome: approval.ask_in_prefect(
+            approval.describe(settings.model_name, outcome), settings.retrain_approval_timeout_hours,
+            key=f"approval-{outcome.evaluation_id}")) if ask else None,
         catch_up=lambda now: catch_up_task(settings.model_name, now), flow_run_id=run_id, covered_by=covered,
         # crashed, failed or cancelled runs first: a dead run must not hold this alert's dedupe key
         reconcile=lambda: reconcile_runs(settings, sessions, clock.now(settings)),

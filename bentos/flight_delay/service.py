@@ -7,8 +7,10 @@ registry's `champion` alias. A bento built at promotion is pinned to its model:
 `bentoml build -f bentos/flight_delay/bentofile.yaml --arg model_tag=flight_delay:<version> .`
 serves that model (add `--arg follow=true` to still follow the registry from it).
 
-Endpoints: `POST /predict`, `GET /model`, `/livez` `/readyz` `/healthz`, `/metrics`, docs at `/`
-and `/docs.json`. With `RETRAIN_API_KEY` set, all but the health probes need the key.
+Endpoints: `POST /predict`, `GET /model`, `POST /alerts/alertmanager`, `/livez` `/readyz` `/healthz`,
+`/metrics`, docs at `/` and `/docs.json`, which documents every status a route answers; every error
+answer is `{"error": ..., "detail": [...]}` (`retrain.serving.models.ErrorBody`). With `RETRAIN_API_KEY`
+set, all but the health probes need the key.
 """
 
 from __future__ import annotations
@@ -24,16 +26,17 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "usecases" / "flight_delay"))
 
 import bentoml
-from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
+from starlette.responses import Response
 
 from flight_delay.serving import FlightsRuntime
 from flight_delay.serving_schema import FlightIn, PredictRequest, PredictResponse
-from retrain.alerts.intake import IntakeUnavailable, alertmanager_intake
+from retrain.alerts.intake import AlertmanagerWebhook, IntakeAnswer, IntakeUnavailable, alertmanager_intake
 from retrain.core.config import get_settings
+from retrain.serving.httpapi import error_response, expose
 from retrain.serving.models import ModelInfo
-from retrain.serving.runtime import ApiKeyMiddleware, NotReadyError, PinnedModel
+from retrain.serving.runtime import NotReadyError, PinnedModel
 
 
 class BuildArgs(BaseModel):
@@ -75,19 +78,19 @@ class FlightDelay:
     def __is_ready__(self) -> bool:
         return self.runtime.ready
 
-    @bentoml.api(route="/predict", input_spec=PredictRequest)
-    async def predict(self, flights: list[FlightIn]) -> PredictResponse:
+    @bentoml.api(route="/predict", input_spec=PredictRequest, output_spec=PredictResponse)
+    async def predict(self, flights: list[FlightIn]) -> PredictResponse | Response:
         """Score flights: online features through flight_delay_v1, the champion model, a logged answer."""
         try:
             return await self.runtime.predict(flights)
         except NotReadyError as exc:
-            raise ServiceUnavailable(str(exc)) from exc
+            return error_response(503, str(exc))
 
-    @extra_routes.post("/alerts/alertmanager")
-    def alertmanager(self, body: dict[str, Any]) -> dict[str, Any]:
+    @extra_routes.post("/alerts/alertmanager", response_model=IntakeAnswer)
+    def alertmanager(self, body: AlertmanagerWebhook) -> dict[str, Any]:
         """Prometheus Alertmanager webhook: firing alerts become `retrain.alert.*` Prefect events."""
         try:
-            return alertmanager_intake(self.runtime.settings, self.runtime.sessions, body)
+            return alertmanager_intake(self.runtime.settings, self.runtime.sessions, body.as_body())
         except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
         except IntakeUnavailable as exc:
@@ -99,5 +102,9 @@ class FlightDelay:
         return self.runtime.model_info()
 
 
-FlightDelay.add_asgi_middleware(ApiKeyMiddleware)  # type: ignore[attr-defined]
+expose(FlightDelay, extra_routes, unavailable={
+    "/predict": "No champion model loaded yet, or the online feature store is not open (see `/readyz`).",
+    "/alerts/alertmanager": "No Prefect API (PREFECT_API_URL) or database to forward the alerts to, or Prefect "
+                            "did not take them.",
+})
 FlightDelayService = FlightDelay  # the name retrain.core.services.bento_spec starts

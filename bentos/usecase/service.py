@@ -14,8 +14,10 @@ Run from the repo root with `RETRAIN_HOME`, `BENTOML_HOME=$RETRAIN_HOME/bentoml`
 the registry's `champion` alias of the use case.
 
 Endpoints: `POST /predict` (`{"rows": [...]}` with the spec's request fields; a rule broken answers 400
-with `loc` naming the row and field), `GET /model`, `/livez` `/readyz` `/healthz`, `/metrics`, docs at
-`/` and `/docs.json`. With `RETRAIN_API_KEY` set, all but the health probes need the key.
+with `detail` items whose `loc` names the row and field), `GET /model`, `/livez` `/readyz` `/healthz`,
+`/metrics`, docs at `/` and `/docs.json`, which documents every status a route answers; every error answer
+is `{"error": ..., "detail": [...]}` (`retrain.serving.models.ErrorBody`). With `RETRAIN_API_KEY` set, all
+but the health probes need the key.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from retrain.core.config import Settings, base_settings
+from retrain.serving.httpapi import error_response, expose
 from retrain.serving.models import ModelInfo
-from retrain.serving.runtime import ApiKeyMiddleware, NotReadyError, PinnedModel
+from retrain.serving.runtime import NotReadyError, PinnedModel
 from retrain.usecase.catalog import SHIPPED_DIR
 from retrain.usecase.request import request_models
 from retrain.usecase.serving import UseCaseRuntime, served_usecase
@@ -102,7 +104,7 @@ class UseCaseService:
         try:
             return await self.runtime.predict_rows(rows)
         except NotReadyError as exc:
-            raise ServiceUnavailable(str(exc)) from exc
+            return error_response(503, str(exc))
 
     @extra_routes.get("/model", response_model=ModelInfo)
     def model(self) -> ModelInfo:
@@ -110,4 +112,5 @@ class UseCaseService:
         return self.runtime.model_info()
 
 
-UseCaseService.add_asgi_middleware(ApiKeyMiddleware, settings_provider=current_settings)  # type: ignore[attr-defined]
+expose(UseCaseService, extra_routes, settings_provider=current_settings, unavailable={
+    "/predict": "No champion model loaded yet, or the online feature store is not open (see `/readyz`)."})

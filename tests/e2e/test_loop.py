@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -66,6 +67,9 @@ LOOP_ENV = {
     "RETRAIN_GATE_LATENCY_FACTOR": "1000",
     "RETRAIN_GATE_SLICE_TOLERANCE": "0.05",
     "RETRAIN_SIMULATED_CLOCK": "1",  # the home's clock stands at NOW for this process and the worker's runs
+    # the whole loop runs behind Prefect's basic auth: the server requires it; deploy, the worker, its flow
+    # runs (and the events they emit) and this test's client and event posts send it
+    "RETRAIN_PREFECT_AUTH_STRING": "retrain:loop-s3cr3t",
     # OpenMP threads that spin made 2-thread LightGBM fits 3-5x slower on this shared 2-core machine
     "OMP_WAIT_POLICY": "PASSIVE",
 }
@@ -92,7 +96,7 @@ class Loop:
         """POST one alert event to the server's `/api/events`; returns its id."""
         body = events.build_event(event or events.alert_event_name(kind),
                                   events.model_resource(self.settings.model_name), payload)
-        assert events.post_events_http(self.api_url, [body]) == 204
+        assert events.post_events_http(self.api_url, [body], auth_string=self.settings.prefect_auth_value) == 204
         return str(body["id"])
 
     def retrain_runs(self) -> list[Any]:
@@ -186,7 +190,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             servers.result()
         print(f"loop stack ready in {time.perf_counter() - t0:.1f} s")
         api_url = services.prefect_api_url(settings)
-        with SyncPrefectClient(api_url) as client:
+        anonymous = httpx.post(f"{api_url}/flows/filter", json={}, timeout=10)
+        assert anonymous.status_code == 401, "the loop's Prefect server must require basic auth"
+        with SyncPrefectClient(api_url, auth_string=settings.prefect_auth_value) as client:
             yield Loop(settings, registry.open_registry(settings), api_url, champion, client)
     finally:
         for name in ("prefect-worker", "prefect-server"):

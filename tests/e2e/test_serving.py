@@ -12,11 +12,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from tests.support.openapi import bad_requests, check_bad_requests, fuzz
 from tests.support.serving_home import (
     Server,
     ServingHome,
@@ -35,6 +37,7 @@ from flight_delay.features import MODEL_FEATURES
 from retrain.core.db import ModelVersion, Prediction
 from retrain.models import registry
 from retrain.models import store as modelstore
+from retrain.serving.httpapi import body_limit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -174,6 +177,20 @@ def test_bad_input_is_refused_and_server_keeps_serving(server: Server, home: Ser
     assert detail[0]["loc"] == loc and message in detail[0]["msg"], detail
     again = predict(server, [good])  # the server still answers correctly
     assert again["predictions"][0]["flight_id"] == home.parity_flights.iloc[1]["flight_id"]
+
+
+def test_every_answer_is_one_the_served_document_lists(server: Server, home: ServingHome) -> None:
+    """Generated and hand-picked bad requests get only the statuses and bodies `/docs.json` documents (the
+    in-process suite, tests/unit/test_openapi_conformance.py, runs many more)."""
+    auth = {"x-api-key": KEY, "authorization": f"Bearer {KEY}"}
+    alert = {"alerts": [{"labels": {"alertname": "AUCDrop"}, "startsAt": "2013-06-01T00:00:00Z"}]}
+    valid: dict[str, dict[str, Any]] = {"/predict": {"flights": [flight_payload(home.parity_flights.iloc[1])]},
+                                        "/alerts/alertmanager": alert}  # no PREFECT_API_URL here: a documented 503
+    with httpx.Client(base_url=server.url, timeout=30) as c:  # no default key: the keyless cases stay keyless
+        doc = c.get("/docs.json", headers=auth).json()
+        counts = fuzz(c, doc, headers=auth, max_examples=10)
+        seen = check_bad_requests(c, doc, bad_requests(doc, valid, body_limit=body_limit(1000), auth=auth))
+    assert sum(counts.values()) > 300 and {400, 401, 413, 415} <= set(seen)
 
 
 def test_model_endpoint_describes_the_champion(server: Server, sessions: sessionmaker[Session]) -> None:

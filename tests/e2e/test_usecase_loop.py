@@ -112,7 +112,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UseCaseStack]:
         served = {"ts": row["ts"].isoformat(), "holiday": bool(row["holiday"]),
                   "workingday": bool(row["workingday"]), "season": str(row["season"])}
         api_url = services.prefect_api_url(settings)
-        with SyncPrefectClient(api_url) as client:
+        with SyncPrefectClient(api_url, auth_string=settings.prefect_auth_value) as client:  # LOOP_ENV: basic auth on
             yield UseCaseStack(Loop(settings, registry.open_registry(settings), api_url, champion, client),
                                flights, served)
     finally:

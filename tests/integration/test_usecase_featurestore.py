@@ -95,3 +95,24 @@ def test_online_lookup_at_prediction_time_equals_the_training_row(bike: tuple) -
                 assert str(value) == str(want), (row["row_id"], name, value, want)
             else:
                 assert np.isclose(float(value), float(want), equal_nan=True), (row["row_id"], name, value, want)
+
+
+def test_stale_features_when_materialization_stops(bike: tuple) -> None:
+    """The bike views are hourly: materialized to T, they are fresh an hour later and stale once
+    materialization has not moved for more than `freshness_factor` hours; materializing again clears it.
+    Runs after the online-lookup test (the module's store was materialized up to 2012-10-02 18:00)."""
+    from retrain.features import freshness
+
+    _spec, settings, _raw, _rows, store = bike
+    t = pd.Timestamp("2012-10-05 00:00", tz="UTC")
+    store.materialize_incremental(end_date=t.to_pydatetime())
+    views = {v.view: v for v in freshness.check_freshness(store, settings, t + pd.Timedelta(hours=1))}
+    assert set(views) == {"bike_weather", "bike_demand"}, views
+    assert not any(v.stale for v in views.values()), views
+    later = t + pd.Timedelta(hours=settings.freshness_factor + 2)
+    stalled = {v.view: v for v in freshness.check_freshness(store, settings, later)}
+    assert all(v.stale and v.cadence_hours == 1.0 for v in stalled.values()), stalled
+    alerts = freshness.stale_alerts(list(stalled.values()), settings.model_name, later.to_pydatetime())
+    assert {a["dedupe_key"] for a in alerts} == {f"bike_sharing:stale:{name}:2012-10-05" for name in stalled}
+    store.materialize_incremental(end_date=later.to_pydatetime())
+    assert not any(v.stale for v in freshness.check_freshness(store, settings, later + pd.Timedelta(minutes=30)))

@@ -1,8 +1,9 @@
 """Build a RETRAIN_HOME with landed flights/outcomes and feature tables, without the ingest flow.
 
-Tests of the feature layer must not depend on `retrain.ingest` (validation + landing), so the
-replay clock's release is written straight into the offline store as parquet parts, the way the
-ingestion lands them: `offline/flights/part-*.parquet` and `offline/outcomes/part-*.parquet`.
+Tests of the feature layer must not depend on ingestion's validation, so the replay clock's release
+is registered as one landed batch as it is (`landed.register_parts`: a batch row in the home's
+database, `offline/flights/part-*.parquet` and `offline/outcomes/part-*.parquet`); readers take the
+database's landed batches.
 
 Feast reads `${RETRAIN_HOME}` (and friends) from the process environment, and
 `Settings.export_env()` writes them into `os.environ`. `feast_env()` scopes that, so one test's
@@ -21,6 +22,7 @@ import pandas as pd
 
 from flight_delay import features as F
 from flight_delay.data import ReplayClock, enrich_flights, load_flights, outcomes_of
+from flight_delay.landed import register_parts
 from retrain.core.config import Settings
 from retrain.core.times import to_utc
 
@@ -42,12 +44,10 @@ def released(until: pd.Timestamp | str, since: pd.Timestamp | str | None = None)
     return enrich_flights(part)
 
 
-def land(settings: Settings, flights: pd.DataFrame, part: int = 1) -> pd.DataFrame:
-    """Write flights and their outcomes as one landed part; returns the outcome rows written."""
+def land(settings: Settings, flights: pd.DataFrame) -> pd.DataFrame:
+    """Register flights and their outcomes as one landed batch; returns the outcome rows written."""
     outcomes = outcomes_of(flights, settings.delay_threshold_minutes)
-    name = f"part-{part:06d}.parquet"
-    F.write_parquet_atomic(flights.reset_index(drop=True), settings.offline_dir / "flights" / name)
-    F.write_parquet_atomic(outcomes, settings.offline_dir / "outcomes" / name)
+    register_parts(settings, flights=flights, outcomes=outcomes, source="feature home")
     return outcomes
 
 

@@ -185,12 +185,15 @@ def test_delay_stats_built_part_by_part_equal_a_build_from_scratch(home: Home) -
 
 def test_an_outcome_waits_for_its_flight_and_a_repeated_outcome_counts_once(tmp_path: Path) -> None:
     from flight_delay import delay_facts
+    from flight_delay.landed import register_parts
 
     s = flight_settings(home=tmp_path / "h")
     s.ensure_dirs()
 
     def write(table: str, n: int, frame: pd.DataFrame) -> None:
-        offline.write_parquet_atomic(frame, offline.part_path(s, table, n))
+        """Land `frame` as batch `n` of `table` (a batch row in the database, its part on disk)."""
+        rows = {"flights": frame} if table == FLIGHTS_TABLE else {"outcomes": frame}
+        assert register_parts(s, **rows) == n
 
     t = pd.Timestamp("2013-01-02 10:00", tz="UTC")
     outcome = pd.DataFrame({"flight_id": ["x"], "sched_dep": [t], "landed_at": [t + pd.Timedelta(hours=2)],

@@ -332,6 +332,30 @@ def test_landed_ids_ignore_parts_the_database_does_not_know(home: Home) -> None:
     assert len(ids) == 20 and set(ids.values()) == {result.batch_id}
 
 
+def test_readers_take_the_database_batches_whether_published_or_still_staged(home: Home) -> None:
+    """Killed between commit and publish, a batch's parts are still staged: readers find them there, a
+    staged part of a batch that never committed is read by nobody, and the sweep settles both."""
+    from flight_delay import features
+    from flight_delay.landed import sweep_now
+
+    s = home.settings
+    result = ingest_frame(real_flights().iloc[:20], settings=s, sessions=home.sessions)
+    assert result.batch_id is not None
+    part = offline.part_path(s, FLIGHTS_TABLE, result.batch_id)
+    part.replace(offline.staged_path(part))  # committed, not yet published
+    never = offline.staged_path(offline.part_path(s, FLIGHTS_TABLE, 99))  # staged, never committed
+    never.write_bytes(offline.staged_path(part).read_bytes())
+    assert len(features.landed_flights(s, ["flight_id"])) == 20
+    assert len(ingest.landed_flight_ids(s, home.sessions)) == 20
+    assert offline.all_parts(s, FLIGHTS_TABLE) == []  # nothing published on disk
+
+    assert sweep_now(s, home.sessions).counts() == {"published": 1, "discarded": 1}
+    assert part.exists() and not never.exists() and not offline.staged_path(part).exists()
+    assert sweep_now(s, home.sessions).counts() == {}  # settled
+    again = ingest_frame(real_flights().iloc[:20], settings=s, sessions=home.sessions)
+    assert again.status == "duplicate" and again.swept == {}
+
+
 def test_replay_after_a_partial_file_fills_the_rest_of_the_day(home: Home) -> None:
     """A file covering part of a day must not hide that day's other flights from the replay."""
     clock = small_clock()

@@ -71,7 +71,10 @@ def test_redis_url_becomes_feast_connection_string(url: str, expected: str) -> N
     assert redis_connection_string(url) == expected
 
 
-def test_defaults_and_plain_strings_from_model_copy(tmp_path: Path) -> None:
+def test_defaults_and_plain_strings_from_model_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):  # another test module may leave RETRAIN_* variables behind
+        if name.startswith("RETRAIN_"):
+            monkeypatch.delenv(name)
     plain = Settings(home=tmp_path)
     assert plain.api_key_value is None and plain.db_url == f"sqlite:///{tmp_path / 'retrain.db'}"
     assert plain.registry_url == f"sqlite:///{tmp_path / 'feast_registry.db'}"

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from retrain.core.config import Settings
 from retrain.core.db import Alert, Promotion, transaction
-from retrain.core.events import AlertPayload, aware_utc
+from retrain.core.events import NOTICE_KINDS, AlertPayload, aware_utc
 from retrain.models import registry
 
-LedgerOutcome = Literal["run", "deduplicated", "cooldown", "resolved"]
+LedgerOutcome = Literal["run", "deduplicated", "cooldown", "resolved", "recorded"]
 
 
 TERMINAL_OUTCOMES: tuple[str, ...] = (*get_args(LedgerOutcome), "failed", "crashed", "cancelled")
@@ -122,6 +122,9 @@ def _blocked_in(session: Session, settings: Settings, payload: AlertPayload, now
     """`blocked_by` within an open session (`admit` runs it under the model's lock)."""
     if payload.status == "resolved":
         return "resolved", "resolved alert: recorded, never starts a retrain"
+    if payload.kind in NOTICE_KINDS:
+        return "recorded", (f"{payload.kind}: an operational alert (ingestion or materialization is behind); "
+                            "recorded, never starts a retrain: retraining on stale features cannot help")
     prior = _admitted(session, model, key)
     if prior is not None:
         return "deduplicated", (f"dedupe key {key!r} already admitted (alert {prior.id}, "

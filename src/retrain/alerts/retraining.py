@@ -16,6 +16,7 @@ import pandas as pd
 from sqlalchemy.orm import Session, sessionmaker
 
 from retrain.alerts import ledger
+from retrain.alerts.approval import ApprovalDecision
 from retrain.core import events
 from retrain.core.config import Settings
 from retrain.models import registry
@@ -59,6 +60,7 @@ class RetrainReport:
     decision: str | None = None
     champion_before: str | None = None
     champion_after: str | None = None
+    approval: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +68,7 @@ class RetrainReport:
 
 Trainer = Callable[[datetime, datetime], str]  # (train_from, train_to) -> registered version
 Evaluator = Callable[[str, datetime, datetime], Any]  # (version, eval_from, eval_to) -> EvaluationOutcome
+Approver = Callable[[Any], ApprovalDecision]  # (EvaluationOutcome that passed every gate) -> a person's answer
 
 
 def run_retrain(
@@ -81,6 +84,7 @@ def run_retrain(
     actor: str = "flow:retrain",
     covered_by: str | None = None,
     reconcile: Callable[[], Any] | None = None,
+    approve: Approver | None = None,
 ) -> RetrainReport:
     """Admit the alert through the ledger, then train a challenger, shadow it, evaluate and decide.
 
@@ -91,6 +95,11 @@ def run_retrain(
     challenger this retrain set (serving stops shadow-scoring it), marks the alert "failed" (freeing
     its dedupe key) and re-raises; the champion is untouched because promotion only happens inside a
     passing evaluation.
+
+    With `approve` (a use case with `retrain_require_approval`; `evaluate` must then not act), a
+    challenger that passed every gate is promoted only if `approve` says so; a rejection or the
+    approval timeout clears it. Either way the answer (who, when, why) is the promotion history's
+    reason and actor.
     """
     model = payload.model or settings.model_name
     if reconcile is not None:
@@ -117,7 +126,12 @@ def run_retrain(
         outcome = evaluate(version, windows.eval_from, windows.eval_to)
         report.evaluation_id = outcome.evaluation_id
         report.decision = outcome.decision.decision
-        if not outcome.decision.promote:
+        if outcome.decision.promote and approve is not None and outcome.promotion is None:
+            verdict = approve(outcome)
+            report.approval = verdict.as_json()
+            report.decision = _act_on_approval(settings, sessions, model, decision.alert_id, outcome, verdict,
+                                               before.id if before else None)
+        elif not outcome.decision.promote:
             registry.clear_challenger_set_by(sessions, model, ledger.shadow_reason(decision.alert_id),
                                              reason=f"rejected in evaluation {outcome.evaluation_id}", actor=actor,
                                              evaluation_id=outcome.evaluation_id, status="rejected")
@@ -130,6 +144,25 @@ def run_retrain(
                      f"evaluation {report.evaluation_id}: {report.decision}")
     ledger.finish_alert(sessions, decision.alert_id, detail=report.detail, flow_run_id=flow_run_id)
     return report
+
+
+def _act_on_approval(settings: Settings, sessions: sessionmaker[Session], model: str, alert_id: int, outcome: Any,
+                     verdict: ApprovalDecision, champion_id: int | None) -> str:
+    """Promote an approved challenger (only over the champion it was evaluated against), or clear a
+    rejected one; the verdict is the history's reason and actor. Returns the report's decision."""
+    from retrain.models import promotion
+
+    reason = verdict.reason(outcome.evaluation_id)
+    if verdict.approved:
+        promotion.promote_version(settings, sessions, outcome.version, reason, verdict.actor, outcome.evaluation_id,
+                                  expect_champion_id=champion_id)
+        return "promote (approved)"
+    registry.clear_challenger_set_by(sessions, model, ledger.shadow_reason(alert_id), reason=reason,
+                                     actor=verdict.actor, evaluation_id=outcome.evaluation_id, status="rejected")
+    promotion.emit_decision(settings, promotion.EVENT_REJECTED, {
+        "version": outcome.version, "champion": outcome.champion, "evaluation_id": outcome.evaluation_id,
+        "reasons": [reason]})
+    return "reject (approval timed out)" if verdict.timed_out else "reject (not approved)"
 
 
 def _abandon(sessions: sessionmaker[Session], model: str, alert_id: int, exc: BaseException, actor: str) -> None:

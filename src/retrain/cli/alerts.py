@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     @app.command("alert")
     def alert_cmd(
         kind: str = typer.Option("manual", "--kind",
-                                 help="data_drift, prediction_drift, performance_decay or manual."),
+                                 help="data_drift, prediction_drift, performance_decay, estimated_decay or manual."),
         reason: str = typer.Option(..., "--reason", help="Why; recorded with the alert."),
         dedupe_key: str | None = typer.Option(None, "--dedupe-key", help="Alerts sharing a key retrain once."),
         metric: str | None = typer.Option(None, "--metric"),
@@ -84,6 +84,8 @@ def register(app: typer.Typer) -> None:
             from retrain.monitoring.alerts import send_alerts
 
             os.environ.setdefault("PREFECT_API_URL", services.prefect_api_url(settings))
+            if auth := settings.prefect_auth_value:
+                os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
             doc["events"] = send_alerts(settings, sessions, settings.model_name, alerts, now)
         if as_json:
             typer.echo(json.dumps(doc, default=str))

@@ -97,6 +97,7 @@ def register(app: typer.Typer) -> None:
 
         settings = get_settings()
         result = summary(settings, open_registry(settings))
+        result["features"] = _freshness(settings)
         if as_json:
             typer.echo(json.dumps(result, default=str))
             return
@@ -115,7 +116,27 @@ def register(app: typer.Typer) -> None:
         table.add_row("event times", f"{ing['earliest_event_time'] or '-'} .. {ing['latest_event_time'] or '-'}")
         for reason in ing["top_quarantine_reasons"]:
             table.add_row("  quarantine", f"{reason['field']}:{reason['rule']} x {reason['rows']:,}")
+        feats = result["features"]
+        if "error" in feats:
+            table.add_row("feature views", f"not checked: {feats['error']}")
+        for view in feats.get("views", []):
+            mark = "[red]stale[/]" if view["stale"] else "fresh"
+            table.add_row(f"  {view['view']}", f"{mark}: {view['reason']}")
         out.print(table)
+
+    def _freshness(settings: Any) -> dict[str, Any]:
+        """Each feature view's freshness at the retrain clock's now, or why it was not checked."""
+        from retrain.core import clock
+        from retrain.features import freshness
+        from retrain.features.store import open_store
+
+        try:
+            views = freshness.check_freshness(open_store(settings), settings, clock.now(settings))
+        except Exception as exc:  # no registry yet, an unreachable online store: say so, keep the rest
+            return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        if not views:
+            return {"error": "no feature views registered: run `retrain apply`"}
+        return {"views": [v.as_json() for v in views], "stale": [v.view for v in views if v.stale]}
 
     # `retrain materialize` / `retrain apply` live in retrain/cli/features.py (the Feast side);
     # add further data commands here.

@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "retrain.cli.alerts",
     "retrain.cli.backtest",
     "retrain.cli.usecases",
+    "retrain.cli.approval",
 )
 
 DEBUG_HINT = "(run with --debug for the traceback)"

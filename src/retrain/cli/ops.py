@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
         serve: bool = typer.Option(True, "--serve/--no-serve", help="Also start the BentoML service."),
         deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Create the work pool and deploy prefect.yaml."),
         insecure: bool = typer.Option(False, "--insecure", help="Serve on a non-loopback serve_host without "
-                                      "RETRAIN_API_KEY (every route open)."),
+                                      "RETRAIN_API_KEY (every route open), and the Prefect server on a non-loopback "
+                                      "prefect_host without RETRAIN_PREFECT_AUTH_STRING."),
     ) -> None:
         """Start the Prefect server (state under RETRAIN_HOME), a process worker and the service."""
         from retrain.core import services
@@ -30,9 +31,10 @@ def register(app: typer.Typer) -> None:
             settings = settings.model_copy(update={"serve_insecure": True})
         if serve:
             services.check_bind(settings)  # before anything starts
+        server = services.prefect_server_spec(settings)  # refuses an open non-loopback server, before anything starts
         settings.ensure_dirs()
         with console.status("starting the Prefect server"):
-            services.start(settings, services.prefect_server_spec(settings))
+            services.start(settings, server)
         if deploy:
             with console.status("creating the work pool and deploying prefect.yaml"):
                 services.ensure_pool_and_deploy(settings)
@@ -42,7 +44,8 @@ def register(app: typer.Typer) -> None:
                 services.start(settings, services.bento_spec(settings), timeout=180)
         for name, pid in services.running(settings).items():
             console.print(f"{name:15} {'pid ' + str(pid) if pid else 'stopped'}")
-        console.print(f"Prefect UI: http://127.0.0.1:{settings.prefect_port}")
+        auth = "basic auth (RETRAIN_PREFECT_AUTH_STRING)" if settings.prefect_auth_value else "no auth"
+        console.print(f"Prefect UI: {services.prefect_api_url(settings).removesuffix('/api')} ({auth})")
         if serve:
             console.print(f"Service docs: http://{settings.serve_host}:{settings.serve_port}/")
 

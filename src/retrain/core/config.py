@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="Key every non-health route requires in the "
                                       "x-api-key header; empty: no key.")
     serve_insecure: bool = Field(default=False, description="Serve on a non-loopback address without an api_key "
-                                 "(every route, including the alert intake that starts retrains, is then open).")
+                                 "(every route, including the alert intake that starts retrains, is then open), "
+                                 "and the Prefect server without prefect_auth_string.")
     # --- serving internals (src/retrain/serving/runtime.py, follow.py, predlog.py) ----------------------
     serve_workers: int = Field(default=1, ge=1, description="BentoML worker processes; each follows the champion.")
     serve_swap_retry_seconds: float = Field(default=30.0, gt=0, description="Retry a model that failed to load.")
@@ -103,6 +104,13 @@ class Settings(BaseSettings):
 
     # prefect
     prefect_port: int = 4200
+    prefect_host: str = Field(default="127.0.0.1", description="Address `retrain up` binds the Prefect server to; "
+                              "a non-loopback one needs prefect_auth_string (or --insecure).")
+    prefect_auth_string: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("prefect_auth_string", "RETRAIN_PREFECT_AUTH_STRING",
+                                                    "PREFECT_API_AUTH_STRING"),
+        description="Prefect's basic auth, 'user:password': the server started by `retrain up` requires it "
+        "(PREFECT_SERVER_API_AUTH_STRING) and every client retrain starts sends it (PREFECT_API_AUTH_STRING).")
 
     # --- retraining policy (src/retrain/alerts/retraining.py) -----------------------------------------
     retrain_train_days: float = Field(default=56.0, gt=0, description="Challenger training window length.")
@@ -111,6 +119,11 @@ class Settings(BaseSettings):
         default=12.0, ge=0, description="Evaluation windows end this long before now, so their labels matured."
     )
     retrain_build_bento: bool = Field(default=True, description="Build a pinned bento on promotion.")
+    retrain_require_approval: bool = Field(default=False, description="A challenger that passed every gate waits "
+                                           "in a paused retrain run for a person (Prefect UI, or `retrain approve|"
+                                           "reject RUN`) before it is promoted.")
+    retrain_approval_timeout_hours: float = Field(default=24.0, gt=0, description="No answer within this long "
+                                                  "rejects the challenger.")
 
     # --- monitoring, alert rules and the alert ledger (src/retrain/monitoring/monitor.py, events.py) ---------
     # window and reference profile
@@ -146,6 +159,9 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Bucket for alerts that arrive without a dedupe key."
     )
     retrain_cooldown_hours: float = Field(default=24.0, ge=0, description="No retrain this long after a promotion.")
+    freshness_factor: float = Field(default=3.0, gt=1, description="A feature view is stale when its newest online "
+                                    "row is older than this many times its cadence (the typical gap between its "
+                                    "rows; a view's tag retrain.max_age_hours overrides the limit).")
     # --- end monitoring block ------------------------------------------------------------------
 
     @field_validator("home")
@@ -167,6 +183,11 @@ class Settings(BaseSettings):
     def registry_url(self) -> str:
         """SQLAlchemy URL of the Feast registry, revealed; default SQLite in home."""
         return reveal(self.feast_registry_url) or f"sqlite:///{self.home / 'feast_registry.db'}"
+
+    @property
+    def prefect_auth_value(self) -> str | None:
+        """Prefect's basic-auth string, revealed; None when unset or empty."""
+        return reveal(self.prefect_auth_string) or None
 
     @property
     def api_key_value(self) -> str | None:
@@ -216,6 +237,8 @@ class Settings(BaseSettings):
         os.environ.setdefault("BENTOML_HOME", str(self.bentoml_home))
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        if auth := self.prefect_auth_value:  # Prefect's clients in this process (flows, emit_event) send it
+            os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
 
 
 def reveal(value: SecretStr | str | None) -> str | None:

@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-AlertKind = Literal["data_drift", "prediction_drift", "performance_decay", "manual"]
+AlertKind = Literal["data_drift", "prediction_drift", "performance_decay", "manual",
+                    "stale_features"]
+# kinds that report an operational problem: recorded by the ledger, never a reason to retrain
+NOTICE_KINDS: frozenset[str] = frozenset({"stale_features"})
 
 
 ALERT_KINDS: tuple[str, ...] = get_args(AlertKind)
@@ -201,8 +204,22 @@ def build_event(
     }
 
 
+def prefect_auth_headers(auth_string: str | None = None) -> dict[str, str]:
+    """The Authorization header Prefect's own clients send: basic auth from `auth_string` (default
+    `PREFECT_API_AUTH_STRING`), else a bearer `PREFECT_API_KEY` (Prefect Cloud), else none."""
+    import base64
+
+    auth = auth_string or os.environ.get("PREFECT_API_AUTH_STRING")
+    if auth:
+        return {"Authorization": "Basic " + base64.b64encode(auth.encode("utf-8")).decode("ascii")}
+    if key := os.environ.get("PREFECT_API_KEY"):
+        return {"Authorization": f"Bearer {key}"}
+    return {}
+
+
 def post_events_http(
-    api_url: str, events: list[dict[str, Any]], *, timeout: float = 10.0, client: httpx.Client | None = None
+    api_url: str, events: list[dict[str, Any]], *, timeout: float = 10.0, client: httpx.Client | None = None,
+    auth_string: str | None = None,
 ) -> int:
     """POST a JSON list of events to `{api_url}/events` (Prefect's documented intake); returns the status.
 
@@ -218,9 +235,7 @@ def post_events_http(
         else build_event(e["event"], e["resource"], e.get("payload"), event_id=e.get("id"))
         for e in events
     ]
-    headers = {}
-    if key := os.environ.get("PREFECT_API_KEY"):
-        headers["Authorization"] = f"Bearer {key}"
+    headers = prefect_auth_headers(auth_string)
     url = api_url.rstrip("/") + "/events"
     if client is not None:
         response = client.post(url, json=prepared, headers=headers, timeout=timeout)

@@ -33,27 +33,50 @@ class ServiceSpec:
     cwd: Path = REPO_ROOT
 
 
+class InsecureBindError(ValueError):
+    """A service on a non-loopback address with no credentials and no explicit opt-in."""
+
+
 def bin_path(name: str) -> str:
     """An executable of this virtual environment."""
     return str(Path(sys.executable).parent / name)
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: reachable from elsewhere
+        return False
+
+
 def prefect_api_url(settings: Settings) -> str:
-    return f"http://127.0.0.1:{settings.prefect_port}/api"
+    """The local Prefect server's API root, as clients on this host reach it."""
+    host = settings.prefect_host.strip("[]")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a wildcard bind: reach it on loopback
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.prefect_port}/api"
 
 
 def prefect_env(settings: Settings) -> dict[str, str]:
-    """Prefect state under RETRAIN_HOME, analytics off, API pointed at the local server."""
-    return {
+    """Prefect state under RETRAIN_HOME, analytics off, API pointed at the local server; with
+    `prefect_auth_string`, the server requires Prefect's basic auth and every client sends it."""
+    env = {
         "PREFECT_HOME": str(settings.home / "prefect"),
         "PREFECT_API_URL": prefect_api_url(settings),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_HOST": settings.prefect_host,
         "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
         "PREFECT_WORKER_QUERY_SECONDS": "1",  # an alert waits at most a second for the worker
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",  # the demo reads deployment results back
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
+    if auth := settings.prefect_auth_value:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth
+        env["PREFECT_API_AUTH_STRING"] = auth
+    return env
 
 
 def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -63,6 +86,7 @@ def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
     env.update(prefect_env(settings))
     env["RETRAIN_HOME"] = str(settings.home)
     env["RETRAIN_REPO"] = str(REPO_ROOT)
+    env["RETRAIN_WORK_POOL"] = WORK_POOL  # prefect.yaml's deployments go to this process pool, never another
     env["BENTOML_HOME"] = str(settings.bentoml_home)
     env["BENTOML_DO_NOT_TRACK"] = "True"
     # simulated time reaches the worker's flow runs and the service exactly when this process's settings
@@ -80,10 +104,17 @@ def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
 
 
 def prefect_server_spec(settings: Settings) -> ServiceSpec:
+    """`prefect server start` on `prefect_host`; refuses a non-loopback address without basic auth
+    (`prefect_auth_string`) unless `serve_insecure`."""
+    if not _is_loopback(settings.prefect_host) and not settings.prefect_auth_value and not settings.serve_insecure:
+        raise InsecureBindError(
+            f"prefect_host {settings.prefect_host!r} is reachable from other hosts and no prefect_auth_string is "
+            "set: anyone could read runs and start deployments; set RETRAIN_PREFECT_AUTH_STRING=user:password, "
+            "bind 127.0.0.1, or pass --insecure (RETRAIN_SERVE_INSECURE=1) to run it open on purpose")
     return ServiceSpec(
         name="prefect-server",
-        argv=[bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port),
-              "--analytics-off"],
+        argv=[bin_path("prefect"), "server", "start", "--host", settings.prefect_host,
+              "--port", str(settings.prefect_port), "--analytics-off"],
         health_url=f"{prefect_api_url(settings)}/health",
     )
 
@@ -107,20 +138,9 @@ def bento_service(settings: Settings) -> str:
     return service
 
 
-class InsecureBindError(ValueError):
-    """Serving on a non-loopback address with no API key and no explicit opt-in."""
-
-
 def check_bind(settings: Settings) -> None:
     """Refuse to expose the service beyond this machine without an API key, unless asked to explicitly."""
-    import ipaddress
-
-    host = settings.serve_host.strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: reachable from elsewhere
-        loopback = False
-    if not loopback and not settings.api_key_value and not settings.serve_insecure:
+    if not _is_loopback(settings.serve_host) and not settings.api_key_value and not settings.serve_insecure:
         raise InsecureBindError(
             f"serve_host {settings.serve_host!r} is reachable from other hosts and no api_key is set: every route, "
             "including the one that starts retrains, would be open; set RETRAIN_API_KEY, serve on 127.0.0.1, or "

@@ -37,3 +37,24 @@ def send_alerts(settings: Settings, sessions: sessionmaker[Session], model_name:
         counts["sent"] += emit(alert_event_name(payload.kind), model_resource(model_name), dict(raw), settings)
         sent_keys.add(key)
     return counts
+
+
+def send_notices(settings: Settings, sessions: sessionmaker[Session], model_name: str,
+                 alerts: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Emit operational alerts (e.g. `stale_features`) once per dedupe key: a key the ledger already holds
+    (its event was sent before, and the retrain deployment recorded it) is not sent again."""
+    from sqlalchemy import select
+
+    from retrain.core.db import Alert
+
+    counts = {"sent": 0, "skipped": 0}
+    for raw in alerts:
+        payload = AlertPayload.model_validate(raw)
+        with sessions() as session:
+            known = session.scalar(select(Alert.id).where(Alert.model_name == model_name,
+                                                          Alert.dedupe_key == payload.dedupe_key).limit(1))
+        if known is not None:
+            counts["skipped"] += 1
+            continue
+        counts["sent"] += emit(alert_event_name(payload.kind), model_resource(model_name), dict(raw), settings)
+    return counts

@@ -13,7 +13,6 @@ import asyncio
 import gc
 import hmac
 import itertools
-import json
 import logging
 import os
 import sys
@@ -31,7 +30,7 @@ from retrain.core import clock
 from retrain.core.config import REPO_ROOT, Settings, get_settings, reveal
 from retrain.core.db import make_engine, session_factory
 from retrain.serving.follow import CHAMPION, LoadedModel, ModelFollower, version_by_tag
-from retrain.serving.models import ModelDescription, ModelInfo
+from retrain.serving.models import ErrorBody, ModelDescription, ModelInfo
 from retrain.serving.predlog import LogBatch, PredictionLog
 
 if TYPE_CHECKING:
@@ -358,8 +357,9 @@ class ApiKeyMiddleware:
         if given is not None and hmac.compare_digest(given.encode(), self.api_key.encode()):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": "missing or wrong API key: send it as 'x-api-key: <key>' or "
-                                    "'Authorization: Bearer <key>' (RETRAIN_API_KEY)"}).encode()
+        message = ("missing or wrong API key: send it as 'x-api-key: <key>' or 'Authorization: Bearer <key>' "
+                   "(RETRAIN_API_KEY)")
+        body = ErrorBody(error=message).model_dump_json(exclude_defaults=True).encode()
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
                                 (b"content-length", str(len(body)).encode())]})

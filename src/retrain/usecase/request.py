@@ -23,12 +23,13 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 
+from retrain.serving.models import RANGE_TEXT, served_time
 from retrain.usecase.spec import RequestField, UseCaseSpec
 
 TEXT_MAX_LENGTH = 256
@@ -98,7 +99,7 @@ def _to_utc(value: datetime) -> datetime:
             "or ...Z); naive times are refused",
             {"value": value.isoformat()},
         )
-    return value.astimezone(UTC)
+    return served_time(value)
 
 
 def _example(f: RequestField) -> Any:
@@ -131,7 +132,8 @@ def _example(f: RequestField) -> Any:
 def _description(f: RequestField) -> str:
     text = f.description.strip() or f.name
     if f.kind == "datetime":
-        text += " (ISO 8601 WITH a UTC offset, e.g. 2024-01-01T05:15:00-05:00 or ...Z; naive times are refused)"
+        text += (" (ISO 8601 WITH a UTC offset, e.g. 2024-01-01T05:15:00-05:00 or ...Z; naive times are refused; "
+                 f"{RANGE_TEXT})")
     elif f.kind == "category" and f.categories:
         text += f" (one of {len(f.categories)} categories)"
     return text

@@ -157,7 +157,7 @@ class UseCaseSpec(_Strict):
         from retrain.core.config import Settings
 
         fixed = {"home", "database_url", "profile", "redis_url", "feast_registry_url", "usecase", "usecases_dir",
-                 "simulated_clock"}
+                 "simulated_clock", "api_key", "prefect_auth_string", "prefect_host"}
         unknown = sorted(k for k in value if k not in Settings.model_fields or k in fixed)
         if unknown:
             raise ValueError(f"{unknown}: not per-use-case settings (see `retrain usecases show NAME` for the list)")

@@ -5,7 +5,8 @@ span of scheduled departures. Joining ~330k outcomes to ~340k flights by id on e
 was the largest per-day cost of the demo; landed parts are immutable, so this module keeps the
 joined rows in memory (per offline directory, per process) and only reads parts it has not seen.
 Any part whose stat signature changed, or a part list that is not an extension of the one already
-read, starts over from scratch, so the answer always equals the full join.
+read, starts over from scratch, so the answer always equals the full join. The parts are those of the
+batches the database records as landed (`landed.landed_parts`), never every part on disk.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from flight_delay.data import FLIGHTS_TABLE
+from flight_delay.landed import landed_parts
 from retrain.core.config import Settings
 from retrain.core.times import utc_times
 from retrain.features import offline
@@ -53,8 +55,8 @@ _STATE: dict[str, DelayFacts] = {}
 
 def delay_facts(settings: Settings) -> DelayFacts:
     """The joined outcome facts for `settings.offline_dir`, reading only parts not seen before."""
-    fparts = offline.all_parts(settings, FLIGHTS_TABLE)
-    oparts = offline.all_parts(settings, offline.OUTCOMES)
+    fparts = landed_parts(settings, FLIGHTS_TABLE)
+    oparts = landed_parts(settings, offline.OUTCOMES)
     fsigs = [offline.signature(p) for p in fparts]
     osigs = [offline.signature(p) for p in oparts]
     key = str(settings.offline_dir)

@@ -8,6 +8,9 @@ lookups, so train/serve skew cannot creep in. The feature tables are parquet fil
 - `planes`: static aircraft attributes, stamped at the start of the data;
 - `carrier_stats` / `route_stats`: daily snapshots (00:00 UTC) of arrival-delay rates over trailing
   windows, computed only from flights that had *landed* before the snapshot (no leakage).
+
+Landed flights and outcomes are the parts of the batches the database records as landed
+(`flight_delay.landed`); the rebuild holds the ingest lock, so it never sees half a landing.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import pandas as pd
 
 from flight_delay.data import FLIGHTS_TABLE, load_planes, load_weather
 from flight_delay.delay_facts import delay_facts
+from flight_delay.landed import landed_parts
 from retrain.core.config import Settings
 from retrain.core.jsonsafe import read_json_state, write_json_atomic
 from retrain.core.times import TimeLike, to_utc, utc_times
 from retrain.features import store as feature_store
 from retrain.features.offline import (
     OUTCOMES,
+    ingest_lock,
     parts_fingerprint,
-    read_table,
+    read_parts,
     write_parquet_atomic,
 )
 from retrain.features.store import trailing_window_sums
@@ -60,13 +65,13 @@ def features_dir(settings: Settings) -> Path:
 
 def landed_flights(settings: Settings, columns: list[str] | None = None) -> pd.DataFrame:
     """Every landed flight (only `columns`), as the ingestion wrote them."""
-    frame = read_table(settings, "flights", columns)
+    frame = read_parts(landed_parts(settings, FLIGHTS_TABLE), columns)
     return frame if frame is not None else pd.DataFrame(columns=columns or [])
 
 
 def landed_outcomes(settings: Settings) -> pd.DataFrame:
     """All recorded outcomes, one row per flight (the latest record wins)."""
-    df = read_table(settings, "outcomes")
+    df = read_parts(landed_parts(settings, OUTCOMES))
     if df is None or df.empty:
         return pd.DataFrame(columns=["flight_id", "sched_dep", "landed_at", "arr_delay", "late"])
     return df.drop_duplicates("flight_id", keep="last").reset_index(drop=True)
@@ -225,10 +230,30 @@ def refresh_feature_tables(settings: Settings, known_until: TimeLike | None = No
     delay rates at daily snapshots that only see flights landed before them. `known_until` is the
     (simulated) present: weather observed up to then is included; by default the last landed
     departure. Nothing is rebuilt when neither the landed parts nor `known_until` changed since the
-    last build (the retrain flow's catch-up after the demo already refreshed).
+    last build (the retrain flow's catch-up after the demo already refreshed). Holds the ingest lock:
+    a landing in flight finishes (or fails) first.
     """
+    with ingest_lock(settings):
+        return _refresh_tables(settings, known_until)
+
+
+def _landed_fingerprint(settings: Settings) -> str | None:
+    """Fingerprint of the landed flights and outcome parts; None when nothing landed."""
+    parts = landed_parts(settings, FLIGHTS_TABLE) + landed_parts(settings, OUTCOMES)
+    return parts_fingerprint(parts) if parts else None
+
+
+def tables_behind(settings: Settings) -> bool:
+    """Whether parts landed since the feature tables were last built (an ingest stopped before its
+    rebuild, or tables never built)."""
+    landed = _landed_fingerprint(settings)
+    built = read_json_state(features_dir(settings) / ".tables.json")
+    return landed is not None and (built is None or built.get("key", {}).get("parts") != landed)
+
+
+def _refresh_tables(settings: Settings, known_until: TimeLike | None) -> dict[str, int]:
     marker = features_dir(settings) / ".tables.json"
-    key = {"parts": parts_fingerprint(settings, (FLIGHTS_TABLE, OUTCOMES)), "known_until": None if known_until is None
+    key = {"parts": _landed_fingerprint(settings) or parts_fingerprint([]), "known_until": None if known_until is None
            else to_utc(known_until).isoformat()}
     built = read_json_state(marker)
     if (built is not None and built.get("key") == key

@@ -16,7 +16,6 @@ from typing import Any
 import pandas as pd
 
 from retrain.core.config import Settings
-from retrain.features.offline import write_parquet_atomic
 from retrain.usecase.frames import (
     LABEL_TIME,
     ROW_ID,
@@ -73,22 +72,33 @@ def history_from_training_set(frame: pd.DataFrame, feature_names: Sequence[str],
 
 
 
+def _landed_any(settings: Settings) -> bool:
+    """Whether the home's database (migrated here) records a landed flights batch: what readers take."""
+    from flight_delay.landed import landed_batch_ids
+    from retrain.core import db
+    from retrain.features.offline import sessions_for
+
+    db.upgrade(settings.db_url)
+    with sessions_for(settings)() as session:
+        return bool(landed_batch_ids(session, "flights"))
+
+
 def prepare_flights_home(settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
     """Make `settings.home` hold every 2013 flight, its outcome, the feature tables and the applied
     Feast repo; steps already done are skipped (a reused home costs nothing)."""
     from flight_delay import features as F
     from flight_delay.data import ReplayClock, enrich_flights, load_flights, outcomes_of
+    from flight_delay.landed import register_parts
+    from retrain.features.offline import sessions_for
 
     say = progress or (lambda _m: None)
     done: dict[str, Any] = {}
     settings.ensure_dirs()
-    if not any((settings.offline_dir / "flights").glob("part-*.parquet")):
+    if not _landed_any(settings):
         say("landing the 2013 flights and outcomes")
         flights = enrich_flights(ReplayClock(load_flights()).flights_between(None, FLIGHTS_SEEN_AT))
-        write_parquet_atomic(flights.reset_index(drop=True),
-                               settings.offline_dir / "flights" / "part-000001.parquet")
-        write_parquet_atomic(outcomes_of(flights, settings.delay_threshold_minutes),
-                               settings.offline_dir / "outcomes" / "part-000001.parquet")
+        register_parts(settings, flights=flights, outcomes=outcomes_of(flights, settings.delay_threshold_minutes),
+                       source="backtest home", sessions=sessions_for(settings))
         done["landed"] = len(flights)
     if not all((F.features_dir(settings) / f"{t}.parquet").exists() for t in F.FEATURE_TABLES) or done:
         say("building the feature tables")

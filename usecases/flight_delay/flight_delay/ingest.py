@@ -5,9 +5,14 @@ reason, or refused with the whole batch (not a flights table, unreadable, or the
 earlier landed batch). `received = accepted + quarantined + refused` for every batch; `refused` is 0
 unless the whole batch was refused. The rules live in `retrain.ingest_contract`.
 
-Landing order inside one database transaction: batch row (for its id) -> parquet parts (atomic) ->
-quarantined rows and outcomes -> commit. Files written before a failure are removed, so a failed
-batch leaves neither a part nor a database row behind (only a "failed" record saying why).
+Landing is stage -> commit -> publish: inside one database transaction the batch row (for its id),
+its parquet parts and quarantine file written under staged names (`offline.stage`), its quarantined
+rows and outcomes; then commit; then the files are renamed into place (`offline.publish`). Files
+staged before a failure are removed, so a failed batch leaves neither a part nor a database row
+behind (only a "failed" record saying why). A crash leaves at most staged files: of a batch that
+never committed (nobody reads them; the next landing's sweep deletes them) or of a committed one
+(readers find them staged; the sweep publishes them). Readers take only the database's landed
+batches (`flight_delay.landed`), so no part is ever read twice or read without its batch.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from flight_delay.ingest_contract import (
     none_where,
     validate,
 )
+from flight_delay.landed import landed_parts, sweep, sweep_now
 from retrain.core.config import Settings
 from retrain.core.db import IngestionBatch, Outcome, QuarantinedRow, transaction
 from retrain.core.jsonsafe import read_json_state, write_json_atomic
@@ -88,6 +94,7 @@ class IngestResult(BaseModel):
     quarantine_path: str | None = None
     min_sched_dep: datetime | None = None
     max_sched_dep: datetime | None = None
+    swept: dict[str, int] = Field(default_factory=dict)  # repairs of an interrupted landing, before this one
 
 
 class ReplayResult(BaseModel):
@@ -98,6 +105,7 @@ class ReplayResult(BaseModel):
     released: int = 0
     flights: IngestResult | None = None
     outcome_batch: IngestResult | None = None
+    swept: dict[str, int] = Field(default_factory=dict)  # repairs of an interrupted landing, before this one
 
     @property
     def received(self) -> int:
@@ -134,19 +142,11 @@ class ReplayResult(BaseModel):
             "quarantined": self.quarantined,
             "outcomes": self.outcomes,
             "batch_ids": self.batch_ids,
+            **({"swept": self.swept} if self.swept else {}),
         }
 
 
 # --------------------------------------------------------------------------- store lookups
-
-
-def _landed_batch_ids(session: Session, kind: str) -> list[int]:
-    rows = session.scalars(
-        select(IngestionBatch.id).where(
-            IngestionBatch.kind == kind, IngestionBatch.status == "landed", IngestionBatch.landed_path.is_not(None)
-        ).order_by(IngestionBatch.id)
-    )
-    return list(rows)
 
 
 _ID_CACHE: dict[tuple[str, str], tuple[list[tuple[str, int, int]], dict[str, int]]] = {}
@@ -181,22 +181,16 @@ def _part_ids(parts: list[Path], id_column: str, batch_column: str | None) -> Ma
 def landed_flight_ids(settings: Settings, sessions: sessionmaker[Session]) -> Mapping[str, int]:
     """Flight ids already landed, each mapped to the batch that landed it.
 
-    Only parts of batches the database records as landed count, so a part orphaned by a crash
-    between rename and commit is never mistaken for ingested data. Reads two columns only.
+    Only parts of batches the database records as landed count (a committed batch's part still
+    staged included), so a staged part of a batch that never committed is never mistaken for
+    ingested data, and one of a committed batch is never ingested again. Reads two columns only.
     """
-    with sessions() as session:
-        ids = _landed_batch_ids(session, "flights")
-    parts = [offline.part_path(settings, FLIGHTS_TABLE, i) for i in ids]
-    return _part_ids(parts, "flight_id", "batch_id")
+    return _part_ids(landed_parts(settings, FLIGHTS_TABLE, sessions), "flight_id", "batch_id")
 
 
 def recorded_outcome_ids(settings: Settings, sessions: sessionmaker[Session]) -> Mapping[str, int]:
     """Flight ids whose outcome is already recorded in the offline store (values are -1)."""
-    with sessions() as session:
-        flight_batches = _landed_batch_ids(session, "flights")
-        outcome_batches = _landed_batch_ids(session, "outcomes")
-    parts = [offline.part_path(settings, offline.OUTCOMES, i) for i in sorted(flight_batches + outcome_batches)]
-    return _part_ids([p for p in parts if p.exists()], "flight_id", None)
+    return _part_ids(landed_parts(settings, offline.OUTCOMES, sessions), "flight_id", None)
 
 
 def member(ids: pd.Series | np.ndarray, known: Mapping[str, int]) -> np.ndarray:
@@ -402,8 +396,9 @@ def _land(
     digest: str, received: int, extra: list[str], raw_columns: Sequence[str], quarantine: pd.DataFrame,
     build_parts: Callable[[int], tuple[pd.DataFrame | None, pd.DataFrame]],
 ) -> IngestResult:
-    """Create the batch row, write its parts and quarantine atomically, commit; undo files on failure."""
-    written: list[Path] = []
+    """Create the batch row, stage its parts and quarantine file, commit, publish; undo files on failure."""
+    finals: list[Path] = []  # where the files go once the batch committed
+    staged: list[Path] = []
     try:
         with transaction(sessions) as session:
             batch = IngestionBatch(kind=kind, source=source[:1024], status="landed", content_hash=digest,
@@ -413,21 +408,21 @@ def _land(
             batch_id = int(batch.id)
             flights, outcomes = build_parts(batch_id)
             landed_path: Path | None = None
+            files: list[tuple[pd.DataFrame, Path]] = []
             if flights is not None and len(flights):
-                part = offline.part_path(settings, FLIGHTS_TABLE, batch_id)
-                landed_path = offline.write_parquet_atomic(flights, part)
-                written.append(landed_path)
+                landed_path = offline.part_path(settings, FLIGHTS_TABLE, batch_id)
+                files.append((flights, landed_path))
             if len(outcomes):
-                path = offline.write_parquet_atomic(outcomes, offline.part_path(settings, offline.OUTCOMES, batch_id))
-                written.append(path)
+                files.append((outcomes, offline.part_path(settings, offline.OUTCOMES, batch_id)))
                 if kind == "outcomes":
-                    landed_path = path
+                    landed_path = files[-1][1]
             q_path: Path | None = None
             if len(quarantine):
-                q_path = offline.write_parquet_atomic(
-                    _quarantine_file(quarantine, raw_columns), offline.quarantine_path(settings, batch_id)
-                )
-                written.append(q_path)
+                q_path = offline.quarantine_path(settings, batch_id)
+                files.append((_quarantine_file(quarantine, raw_columns), q_path))
+            for frame, final in files:
+                staged.append(offline.stage(frame, final))
+                finals.append(final)
             _insert_quarantine(session, quarantine, raw_columns, batch_id)
             _insert_outcomes(session, outcomes, batch_id, settings.model_name)
             accepted = len(flights) if kind == "flights" and flights is not None else len(outcomes)
@@ -446,8 +441,9 @@ def _land(
                 max_sched_dep=batch.max_event_time,
             )
             result.message = _landed_message(result)
+            offline.crashpoint("staged")  # files staged, transaction open
     except Exception as err:
-        for path in written:
+        for path in staged:
             path.unlink(missing_ok=True)
         try:
             _record_refusal(sessions, kind=kind, source=source, status="failed",
@@ -456,9 +452,12 @@ def _land(
             err.add_note(f"also failed to record the failed batch: {record_err}")
         raise
     except BaseException:
-        for path in written:
+        for path in staged:
             path.unlink(missing_ok=True)
         raise
+    offline.crashpoint("committed")  # committed, files still staged
+    offline.publish(finals)
+    offline.crashpoint("published")
     if result.received != result.accepted + result.quarantined + result.refused:
         raise AssertionError(f"batch {result.batch_id} does not reconcile: {result}")
     return result
@@ -510,6 +509,7 @@ def ingest_frame(
         raise
     raw = df.reset_index(drop=True)
     with offline.ingest_lock(settings):
+        swept = sweep(settings, sessions).counts()
         say("checking the input contract")
         co: Coerced = coerce(raw)
         digest = content_hash(raw, coerced=co)
@@ -517,7 +517,7 @@ def ingest_frame(
             earlier = _earlier_landed(session, "flights", digest)
         if earlier is not None:
             return _duplicate_result(sessions, earlier, kind="flights", source=source, received=len(raw),
-                                     digest=digest, extra=extra)
+                                     digest=digest, extra=extra).model_copy(update={"swept": swept})
         say("reading already-ingested flight ids")
         landed = landed_flight_ids(settings, sessions)
         say("validating rows")
@@ -528,9 +528,10 @@ def ingest_frame(
             flights = _landing_frame(valid, batch_id)
             return flights, _outcome_frame(flights, batch_id, settings.delay_threshold_minutes)
 
-        return _land(settings=settings, sessions=sessions, kind="flights", source=source, digest=digest,
-                     received=len(raw), extra=extra, raw_columns=[str(c) for c in raw.columns],
-                     quarantine=quarantine, build_parts=build)
+        result = _land(settings=settings, sessions=sessions, kind="flights", source=source, digest=digest,
+                       received=len(raw), extra=extra, raw_columns=[str(c) for c in raw.columns],
+                       quarantine=quarantine, build_parts=build)
+        return result.model_copy(update={"swept": swept})
 
 
 def read_batch_file(path: str | Path) -> pd.DataFrame:
@@ -679,12 +680,13 @@ def ingest_outcomes(
     raw = outcomes.reset_index(drop=True)
     extra = [str(c) for c in raw.columns if c not in OUTCOME_INPUT_COLUMNS]
     with offline.ingest_lock(settings):
+        swept = sweep(settings, sessions).counts()
         digest = _outcomes_digest(raw)
         with sessions() as session:
             earlier = _earlier_landed(session, "outcomes", digest)
         if earlier is not None:
             return _duplicate_result(sessions, earlier, kind="outcomes", source=source, received=len(raw),
-                                     digest=digest, extra=extra)
+                                     digest=digest, extra=extra).model_copy(update={"swept": swept})
         valid, quarantine = _validate_outcomes(
             raw, landed_flight_ids(settings, sessions), recorded_outcome_ids(settings, sessions)
         )
@@ -698,9 +700,10 @@ def ingest_outcomes(
             out["batch_id"] = np.int64(batch_id)
             return None, out[["flight_id", "sched_dep", "landed_at", "arr_delay", "late", "batch_id"]]
 
-        return _land(settings=settings, sessions=sessions, kind="outcomes", source=source, digest=digest,
-                     received=len(raw), extra=extra, raw_columns=[str(c) for c in raw.columns],
-                     quarantine=quarantine, build_parts=build)
+        result = _land(settings=settings, sessions=sessions, kind="outcomes", source=source, digest=digest,
+                       received=len(raw), extra=extra, raw_columns=[str(c) for c in raw.columns],
+                       quarantine=quarantine, build_parts=build)
+        return result.model_copy(update={"swept": swept})
 
 
 # --------------------------------------------------------------------------- replay
@@ -736,14 +739,15 @@ def replay_until(
     """
     say = progress or (lambda _s: None)
     until_ts = data.to_utc(until)
+    swept = sweep_now(settings, session_factory).counts()  # a crash mid-landing leaves staged parts
     mark_path = settings.home / REPLAY_MARK
     mark = read_json_state(mark_path)
     landed_state = _last_landed_batch(session_factory)
     reached = data.to_utc(mark["until"]) if mark is not None and mark.get("last_batch") == landed_state else None
     if reached is not None and reached >= until_ts:
         say(f"replay already reached {reached.isoformat()} and nothing landed since: nothing to do")
-        return ReplayResult(until=until_ts.to_pydatetime(), since=last_landed_sched_dep(session_factory,
-                                                                                       replay_only=True))
+        return ReplayResult(until=until_ts.to_pydatetime(), swept=swept,
+                            since=last_landed_sched_dep(session_factory, replay_only=True))
     if clock is None:
         say("loading the 2013 flights for the replay clock")
         clock = data.ReplayClock()
@@ -751,7 +755,7 @@ def replay_until(
     released = clock.flights_between(since, until_ts.to_pydatetime())
     landed = landed_flight_ids(settings, session_factory)
     fresh = released[~member(released["flight_id"], landed)]
-    result = ReplayResult(until=until_ts.to_pydatetime(), since=since, released=len(fresh))
+    result = ReplayResult(until=until_ts.to_pydatetime(), since=since, released=len(fresh), swept=swept)
     label = until_ts.isoformat()
     if len(fresh):
         result.flights = ingest_frame(fresh[list(data.FLIGHT_COLUMNS)], settings=settings, sessions=session_factory,

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 def ingest(settings: Settings, sessions: sessionmaker[Session], *, path: Path | None, until: str | None,
            refresh: bool, progress: Callable[[str], Any]) -> dict[str, Any]:
     """`retrain ingest PATH` (a flights batch file) or `--until DATE` (the 2013 flights released by then);
-    then rebuild the feature tables. A refused batch answers status `rejected` with the reason."""
+    then rebuild the feature tables (also when nothing new landed but the tables miss landed parts: an
+    earlier ingest stopped before its rebuild). A refused batch answers status `rejected` with the reason."""
     from flight_delay.ingest import BatchRejected, ingest_file, replay_until
 
     payload: dict[str, Any]
@@ -50,20 +51,26 @@ def ingest(settings: Settings, sessions: sessionmaker[Session], *, path: Path | 
     except BatchRejected as err:
         return {"status": "rejected", "batch_id": err.batch_id, "received": 0, "accepted": 0, "quarantined": 0,
                 "error": str(err)}
-    if refresh and landed_any:
+    if refresh and (landed_any or F.tables_behind(settings)):  # behind: an ingest stopped before its refresh
         progress("rebuilding the feature tables")
         payload["feature_tables"] = F.refresh_feature_tables(settings, until)
     return payload
 
 
 def catch_up(settings: Settings, now: datetime) -> dict[str, Any]:
-    """Land what the replay clock released (simulated time only), rebuild the tables, materialize to `now`."""
+    """Sweep the offline store after an interrupted landing; land what the replay clock released
+    (simulated time only), rebuild the tables; materialize to `now`."""
     from flight_delay.ingest import replay_until
+    from flight_delay.landed import sweep_now
     from retrain.models.registry import open_registry
 
     done: dict[str, Any] = {}
+    sessions = open_registry(settings)
+    swept = sweep_now(settings, sessions).counts()  # repair an interrupted landing before training reads
+    if swept:
+        done["swept"] = swept
     if clock.simulated(settings):
-        done["replay"] = replay_until(settings, open_registry(settings), now).counts()
+        done["replay"] = replay_until(settings, sessions, now).counts()
         done["tables"] = F.refresh_feature_tables(settings, now)
     done["materialize"] = FS.materialize_until(FS.shared_store(settings), settings, now)
     return done

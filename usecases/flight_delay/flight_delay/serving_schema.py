@@ -12,7 +12,7 @@ reference tables. An unknown tailnum is not an error: its plane features come ba
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError, ValidationError
 
 from flight_delay.data import known_airports, known_carriers, load_airports
+from retrain.serving.models import RANGE_TEXT, served_time
 
 DEFAULT_TZ = "America/New_York"  # every 2013 origin is in New York; used when an airport has no zone
 _DEFAULT_ZONE = ZoneInfo(DEFAULT_TZ)
@@ -44,7 +45,7 @@ class FlightIn(BaseModel):
     dest: str = Field(description="Destination airport FAA code.", examples=["IAH"])
     sched_dep: datetime = Field(
         description="Scheduled departure, ISO 8601 WITH a UTC offset (e.g. 2013-01-01T05:15:00-05:00 or "
-        "2013-01-01T10:15:00Z); naive times are refused.",
+        f"2013-01-01T10:15:00Z); naive times are refused; {RANGE_TEXT}.",
         examples=["2013-01-01T05:15:00-05:00"],
     )
     distance: float = Field(gt=0, le=10_000, allow_inf_nan=False, description="Distance in miles.",
@@ -85,7 +86,7 @@ class FlightIn(BaseModel):
                 "(e.g. 2013-01-01T05:15:00-05:00 or ...Z)",
                 {"value": value.isoformat()},
             )
-        return value.astimezone(UTC)
+        return served_time(value)
 
 
 class PredictRequest(BaseModel):
