@@ -18,14 +18,13 @@ the process at a named step when RETRAIN_CRASH_AT names it (the crash tests); in
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import signal
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -33,6 +32,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from retrain.core.config import Settings
+from retrain.core.locks import named_lock
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -225,18 +225,7 @@ def read_table(settings: Settings, table: str, columns: Sequence[str] | None = N
     return read_parts(all_parts(settings, table), columns)
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive OS lock on `path` across processes on this machine (blocks until free)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def ingest_lock(settings: Settings) -> AbstractContextManager[None]:
-    """Serialize ingestion across processes: the duplicate check and the landing form one step."""
-    return file_lock(settings.offline_dir / ".ingest.lock")
+    """Serialize a use case's ingestion: the duplicate check and the landing form one step (across hosts
+    when the system of record is PostgreSQL, `retrain.core.locks.named_lock`)."""
+    return named_lock(settings, f"ingest:{settings.model_name}", settings.offline_dir / ".ingest.lock")

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from retrain.core.config import Settings
+from retrain.core.locks import named_lock
 from retrain.core.times import TimeLike, to_utc
-from retrain.features.offline import file_lock, remember
+from retrain.features.offline import remember
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -122,7 +123,7 @@ def materialize(store: FeatureStore, start: TimeLike, end: TimeLike) -> float:
 
 def materialization_lock(settings: Settings) -> AbstractContextManager[None]:
     """Serialize materialization: two writers raced on the registry's interval list (one entry lost)."""
-    return file_lock(settings.home / ".materialize.lock")
+    return named_lock(settings, "materialize", settings.home / ".materialize.lock")
 
 
 class NothingAppliedError(RuntimeError):

@@ -27,8 +27,9 @@ from sqlalchemy import func, insert, select
 from retrain.core.config import Settings
 from retrain.core.db import IngestionBatch, Outcome, QuarantinedRow, transaction
 from retrain.core.jsonsafe import json_safe, read_json_state, write_json_atomic
+from retrain.core.locks import named_lock
 from retrain.features import offline
-from retrain.features.offline import crashpoint, file_lock, read_parts
+from retrain.features.offline import crashpoint, read_parts
 from retrain.features.repair import SweepReport
 from retrain.features.repair import sweep as sweep_folder
 from retrain.usecase import featurestore as FS
@@ -107,7 +108,7 @@ def _sweep(spec: UseCaseSpec, settings: Settings, sessions: sessionmaker[Session
 
 
 def _ingest_lock(settings: Settings, spec: UseCaseSpec) -> Any:
-    return file_lock(settings.offline_dir / f".ingest-{spec.name}.lock")
+    return named_lock(settings, f"ingest:{spec.name}", settings.offline_dir / f".ingest-{spec.name}.lock")
 
 
 def _replayed(sessions: sessionmaker[Session], spec: UseCaseSpec) -> tuple[int | None, pd.Timestamp | None, int]:
