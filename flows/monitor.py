@@ -9,10 +9,17 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from retrain.core import clock
+from retrain.core.jsonsafe import json_safe
 from retrain.core.times import to_utc
 from retrain.models.registry import open_registry
 from retrain.monitoring.alerts import send_alerts, send_notices
-from retrain.monitoring.monitor import monitoring_history, plot_history, run_monitoring
+from retrain.monitoring.monitor import (
+    ESTIMATE_METRICS,
+    estimate_history,
+    monitoring_history,
+    plot_history,
+    run_monitoring,
+)
 from retrain.usecase.pipeline import settings_of
 
 
@@ -50,6 +57,19 @@ def freshness_task(model_name: str, as_of: str) -> dict[str, Any]:
     return {"views": [v.as_json() for v in views], "stale": [v.view for v in views if v.stale], "events": sent}
 
 
+@task(retries=1, retry_delay_seconds=5)
+def guardrail_task(model_name: str, as_of: str) -> dict[str, Any]:
+    """The new champion against the one it replaced, on the traffic both scored; rolls back when the old
+    one was better beyond noise (`retrain.alerts.guardrail`)."""
+    from retrain.alerts.guardrail import check_guardrail
+    from retrain.core import events
+
+    _spec, settings = settings_of(model_name)
+    resource = events.model_resource(model_name)
+    return check_guardrail(settings, open_registry(settings), model_name, to_utc(as_of).to_pydatetime(),
+                           emit=lambda event, payload: events.emit(event, resource, payload, settings)).as_json()
+
+
 @task
 def publish(model_name: str, result: dict[str, Any]) -> None:
     """A table artifact of this run and a PNG of every metric over time under RETRAIN_HOME/reports."""
@@ -58,7 +78,16 @@ def publish(model_name: str, result: dict[str, Any]) -> None:
     rows += [{"metric": f"alert:{a['kind']}", "value": f"{a.get('metric')}={a.get('value')} "
               f"(threshold {a.get('threshold')})"} for a in result["alerts"]]
     chart = settings.reports_dir / "monitoring" / f"{model_name}.png"
-    plot_history(monitoring_history(open_registry(settings), model_name), chart)
+    sessions = open_registry(settings)
+    plot_history(monitoring_history(sessions, model_name), chart)
+    # each recent window's estimate (made before its labels) against its AUC on the labels matured since
+    estimates = estimate_history(sessions, model_name, to_utc(result["window_to"]).to_pydatetime(), limit=60)
+    if estimates:
+        plot_history(estimates, chart.with_name(f"{model_name}-estimate.png"), ESTIMATE_METRICS,
+                     title="estimated vs realized AUC")
+        create_table_artifact(json_safe(estimates), key="monitoring-estimate",
+                              description="Estimated AUC (calibrated scores, before labels) vs the realized AUC "
+                              "once labels matured, per monitoring window")
     create_table_artifact(rows, key="monitoring", description=f"Monitoring {result['window_from']} to "
                           f"{result['window_to']} ({result['n_predictions']} predictions, {result['n_labelled']} "
                           f"matured labels). Metrics over time: {chart}")
@@ -72,6 +101,9 @@ def monitor_flow(model_name: str = "flight_delay", as_of: str | None = None,
     publish(model_name, result)
     sent = emit_alerts(model_name, result["alerts"], result["window_to"])
     result["events"] = sent
+    result["guardrail"] = guardrail_task(model_name, result["window_to"])
+    if result["guardrail"]["status"] == "rollback":
+        print(f"guardrail rolled back to {result['guardrail']['previous']}: {result['guardrail']['detail']}")
     checked = freshness_task(model_name, result["window_to"], return_state=True)  # its failure is reported, and
     if checked.is_completed():                                                     # does not undo the monitoring
         result["freshness"] = checked.result()

@@ -21,9 +21,9 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,20 @@ class Loop:
     def champion_version(self) -> str | None:
         row = registry.get_alias(self.sessions, registry.CHAMPION, self.settings.model_name)
         return row.version if row else None
+
+    def events_named(self, name: str, match: Callable[[dict[str, Any]], bool],
+                     timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Payloads of the server's `name` events that `match`, waiting for the (asynchronous) event store."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = httpx.post(f"{self.api_url}/events/filter", json={"filter": {"event": {"prefix": [name]}},
+                                                                        "limit": 50},
+                                headers=events.prefect_auth_headers(self.settings.prefect_auth_value), timeout=10)
+            assert answer.status_code == 200, answer.text
+            found = [e["payload"] for e in answer.json()["events"] if e["event"] == name and match(e["payload"])]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(1.0)
 
     def log_tail(self, name: str, n: int = 60) -> str:
         path = self.settings.home / "logs" / f"{name}.log"
@@ -262,6 +276,9 @@ def test_alert_event_runs_one_retrain_with_an_evaluation_and_a_decision(loop: Lo
     assert [(m.alias, m.action) for m in moves] == [("champion", "promote"), ("challenger", "clear")]
     assert (moves[0].from_version_id, moves[0].to_version_id) == (champion_then.id, challenger.id)
     assert registry.get_version(loop.sessions, champion_then.version).status == "archived"
+    # the decision reached the Prefect server as an event, from the worker's flow run (basic auth on)
+    [promoted] = loop.events_named(events.EVENT_PROMOTED, lambda p: p.get("version") == challenger.version)
+    assert promoted["previous"] == champion_then.version and promoted["evaluation_id"] == ev.id
 
 
 def evaluation_of(loop: Loop, alert: Alert) -> tuple[Evaluation, ModelVersion, ModelVersion | None, list[Promotion]]:
@@ -374,6 +391,8 @@ def test_event_missing_optional_fields_still_starts_a_run(loop: Loop, first_retr
     assert ev.decision == "reject" and any(r.startswith("improvement failed") for r in ev.reasons), ev.reasons
     assert loop.champion_version() == champion and challenger.status == "rejected"
     assert [(m.alias, m.action, m.from_version_id) for m in moves] == [("challenger", "clear", challenger.id)]
+    [rejected] = loop.events_named(events.EVENT_REJECTED, lambda p: p.get("evaluation_id") == ev.id)
+    assert rejected["version"] == challenger.version and rejected["champion"] == champion
 
 
 def test_retrain_alert_cli_starts_a_run(loop: Loop, first_retrain: FirstRetrain) -> None:
@@ -399,3 +418,56 @@ def test_retrain_alert_cli_starts_a_run(loop: Loop, first_retrain: FirstRetrain)
     assert alert.payload["reason"] == "X" and alert.dedupe_key == first_retrain.dedupe_key
     assert f"alert {first.id}" in (alert.detail or "")
     assert loop.count(Evaluation) == evaluations_before  # a dedupe trains nothing
+
+
+def test_monitor_flow_raises_the_alert_that_starts_a_retrain(loop: Loop, first_retrain: FirstRetrain) -> None:
+    """The loop as the mission states it, with no event posted by the test: the champion's last week of
+    predictions turns bad once their labels mature; the monitor deployment's run finds the decay and
+    emits the alert itself; the "retrain on alert" automation starts a retrain, which the ledger records."""
+    import numpy as np
+
+    from retrain.core.db import Outcome, Prediction
+
+    champion = loop.champion_version()
+    assert champion is not None
+    rng = np.random.default_rng(11)
+    scores = rng.uniform(0.02, 0.98, 1200)
+    with loop.sessions.begin() as s:
+        for i, score in enumerate(scores):
+            at = NOW - timedelta(days=6, hours=12) + timedelta(minutes=7 * i)
+            key = f"e2e-monitor-{i}"
+            s.add(Prediction(request_id=f"e2e-monitor-{i // 10}", model_name=loop.settings.model_name,
+                             model_version=champion, predicted_at=at, entity_key=key, event_time=at, features={},
+                             attributes={}, score=float(score)))
+            # the outcome contradicts the score: the champion's matured AUC collapses
+            s.add(Outcome(model_name=loop.settings.model_name, entity_key=key, event_time=at,
+                          available_at=at + timedelta(hours=3), label=float(score < 0.5)))
+    deployment = loop.client.read_deployment_by_name("monitor/monitor")
+    started = datetime.now(UTC)
+    monitor_run = loop.client.create_flow_run_from_deployment(
+        deployment.id, parameters={"model_name": loop.settings.model_name, "as_of": NOW.isoformat()})
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (state := loop.client.read_flow_run(monitor_run.id).state) or not state.is_final():
+        assert time.monotonic() < deadline, f"monitor run not done\n{loop.log_tail('prefect-worker')}"
+        time.sleep(1.0)
+    assert state.is_completed(), f"{state.type}: {state.message}\n{loop.log_tail('prefect-worker')}"
+    from retrain.core.db import MonitoringRun
+
+    with loop.sessions() as s:
+        monitored = s.scalars(select(MonitoringRun).order_by(MonitoringRun.id.desc()).limit(1)).one()
+    assert monitored.model_version == champion and monitored.n_labelled >= 1000
+    assert any(a["kind"] == "performance_decay" for a in monitored.alerts), monitored.alerts
+    # the automation turns the monitor's event into a retrain run
+    while True:
+        runs = [r for r in loop.retrain_runs() if (r.parameters or {}).get("source") == "monitor"
+                and r.created and r.created >= started]
+        if runs and all(r.state is not None and r.state.is_final() for r in runs):
+            break
+        assert time.monotonic() < deadline, f"no retrain from the monitor's alert\n{loop.log_tail('prefect-worker')}"
+        time.sleep(1.0)
+    [run] = runs
+    assert run.state.is_completed(), f"{run.state.type}: {run.state.message}"
+    assert run.parameters["kind"] in ("performance_decay", "data_drift", "estimated_decay")
+    [alert] = loop.alerts_of([str(run.id)])
+    assert alert.source == "monitor" and alert.outcome == "run", (alert.outcome, alert.detail)
+    assert alert.detail and alert.detail.startswith("trained ")

@@ -225,7 +225,7 @@ def test_a_usecase_made_by_init_runs_the_same_loop(stack: UseCaseStack) -> None:
     bike_champion = loop.champion_version()
     event = events.build_event(events.alert_event_name("manual"), events.model_resource(INIT_USECASE),
                                {"reason": "e2e: init use case retrain", "dedupe_key": f"e2e-{uuid.uuid4().hex[:8]}"})
-    assert events.post_events_http(loop.api_url, [event]) == 204
+    assert events.post_events_http(loop.api_url, [event], auth_string=loop.settings.prefect_auth_value) == 204
     eid = str(event["id"])
     [run] = loop.wait_runs([eid], timeout=RUN_TIMEOUT_S)[eid]
     assert run.state.is_completed(), f"{run.state.type}: {run.state.message}\n{loop.log_tail('prefect-worker')}"
@@ -236,3 +236,89 @@ def test_a_usecase_made_by_init_runs_the_same_loop(stack: UseCaseStack) -> None:
     assert challenger.model_name == INIT_USECASE and champion_then is not None and champion_then.version == champion
     assert ev.decision in ("promote", "reject") and "auc" in ev.metrics["challenger"], ev.metrics
     assert loop.champion_version() == bike_champion  # the other use case's champion stays
+
+
+def test_a_worse_champion_is_rolled_back_by_the_guardrail_with_no_failed_request(stack: UseCaseStack) -> None:
+    """Promote a deliberately worse model: the service swaps to it and scores the replaced champion in
+    shadow; once two weeks of served hours have matured labels, the guardrail rolls back, emits
+    `retrain.model.rollback`, and the service returns to the old champion while requests keep answering."""
+    import threading
+
+    from retrain.alerts.guardrail import check_guardrail
+    from retrain.core import events
+    from retrain.core.db import Prediction
+    from retrain.demo.usecase import request_rows
+    from retrain.usecase import featurestore
+    from retrain.usecase.pipeline import Pipeline, settings_of
+
+    loop = stack.loop
+    good = loop.champion_version()
+    assert good is not None
+    spec, settings = settings_of(USECASE)
+    weak_settings = settings.model_copy(update={"num_boost_round": 2, "num_leaves": 2, "early_stopping_rounds": 1})
+    weak = Pipeline(spec, weak_settings).train(*CHAMPION_WINDOW)
+    registry.promote(loop.sessions, weak, reason="e2e: a deliberately worse champion", actor="tests",
+                     model_name=USECASE)
+    deadline = time.monotonic() + 60
+    while predict(stack)["model_version"] != weak:
+        assert time.monotonic() < deadline, "the service never swapped to the promoted model"
+        time.sleep(0.5)
+
+    raw = featurestore.raw_rows(spec)
+    times = pd.to_datetime(raw["ts"], utc=True)
+    body = request_rows(spec, raw[(times >= NOW - pd.Timedelta(days=14)) & (times < NOW - pd.Timedelta(hours=6))])
+    s = loop.settings
+    url = f"http://{s.serve_host}:{s.serve_port}/predict"
+    for i in range(0, len(body), s.serve_max_batch):
+        r = httpx.post(url, json={"rows": body[i:i + s.serve_max_batch]}, timeout=30)
+        assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 30
+    while True:  # the prediction log is written by the service's background flusher, with the shadow scores
+        with loop.sessions() as sess:
+            paired = sess.scalar(select(func.count()).select_from(Prediction).where(
+                Prediction.model_version == weak, Prediction.shadow_version == good)) or 0
+        if paired >= len(body) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert paired >= len(body), f"{paired} of {len(body)} served rows carry the previous champion's shadow score"
+
+    failures: list[str] = []
+    served: list[str] = []
+    stop = threading.Event()
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            r = httpx.post(url, json={"rows": [stack.served_row]}, timeout=30)
+            if r.status_code != 200:
+                failures.append(f"{r.status_code}: {r.text[:200]}")
+            else:
+                served.append(r.json()["model_version"])
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        result = check_guardrail(settings, loop.sessions, USECASE, NOW, emit=lambda e, p: events.post_events_http(
+            loop.api_url, [events.build_event(e, events.model_resource(USECASE), p)],
+            auth_string=loop.settings.prefect_auth_value))
+        assert result.status == "rollback", result
+        assert result.previous == good and result.stats["lower"] > 0 and result.stats["n"] >= len(body)
+        deadline = time.monotonic() + 30
+        while not served or served[-1] != good:
+            assert time.monotonic() < deadline, "the service did not return to the previous champion"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        asker.join(timeout=60)
+    assert failures == [] and weak in served and served[-1] == good
+    assert loop.champion_version() == good
+    move = registry.history(loop.sessions, USECASE, registry.CHAMPION)[-1]
+    assert (move.action, move.actor, move.to_version) == ("rollback", "guardrail", good)
+    deadline, seen = time.monotonic() + 30, []  # the server stores events asynchronously
+    while not any(p.get("rolled_back") == weak for p in seen) and time.monotonic() < deadline:
+        time.sleep(1.0)
+        found = httpx.post(f"{loop.api_url}/events/filter", timeout=10,
+                           json={"filter": {"event": {"prefix": [events.EVENT_ROLLBACK]}}, "limit": 50},
+                           headers=events.prefect_auth_headers(loop.settings.prefect_auth_value))
+        assert found.status_code == 200, found.text
+        seen = [e["payload"] for e in found.json()["events"]]
+    assert any(p.get("rolled_back") == weak and p["version"] == good for p in seen), seen

@@ -93,6 +93,26 @@ def registry_home(home: Path, **overrides: Any) -> tuple[Settings, sessionmaker[
     return settings, open_registry(settings)
 
 
+@dataclass
+class RegistryHome:
+    """Settings and their migrated registry, for registry-only tests (no model files)."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+
+
+def migrated_home(settings: Settings) -> RegistryHome:
+    return RegistryHome(settings, open_registry(settings))
+
+
+def add_fake_version(sessions: sessionmaker[Session], model_name: str, name: str, **fields: Any) -> str:
+    """Register version `name` of `model_name` with `fake_version_fields` (its own bento tag), `fields` over them."""
+    from retrain.models import registry
+
+    values = {**fake_version_fields(1, model_name), "bento_model_tag": f"{model_name}:{name}", **fields}
+    return registry.register_version(sessions, version=name, **values).version
+
+
 def fake_version_fields(i: int, model_name: str = "flight_delay") -> dict[str, Any]:
     """Registry fields for a version that has no model file (registry-only tests)."""
     start = to_utc(f"2013-{i:02d}-01").to_pydatetime()

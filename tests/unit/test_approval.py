@@ -8,7 +8,6 @@ The retrain runs through the real ledger and registry on a SQLite home; the pers
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +15,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from tests.support.models import fake_version_fields
+from tests.support.models import RegistryHome, add_fake_version, migrated_home
 
 from retrain.alerts import retraining
 from retrain.alerts.approval import ApprovalDecision, describe
@@ -28,29 +27,18 @@ T0 = datetime(2013, 6, 1, 12, 0, tzinfo=UTC)
 MODEL = "uc_a"
 
 
-@dataclass
-class Home:
-    settings: Settings
-    sessions: db.sessionmaker[db.Session]
-
-
 @pytest.fixture
-def home(tmp_path: Path) -> Iterator[Home]:
-    settings = Settings(home=tmp_path, model_name=MODEL, retrain_require_approval=True, retrain_build_bento=False,
-                        retrain_cooldown_hours=0)
-    db.upgrade(settings.db_url)
-    engine = db.make_engine(settings.db_url)
-    sessions = db.session_factory(engine)
+def home(tmp_path: Path) -> Iterator[RegistryHome]:
+    home = migrated_home(Settings(home=tmp_path, model_name=MODEL, retrain_require_approval=True,
+                                  retrain_build_bento=False, retrain_cooldown_hours=0))
     with mock.patch("retrain.core.clock.now", lambda _s: T0):
-        _add(sessions, "v-champion")
-        registry.promote(sessions, "v-champion", "first champion", "setup", model_name=MODEL)
-        yield Home(settings, sessions)
-    engine.dispose()
+        _add(home.sessions, "v-champion")
+        registry.promote(home.sessions, "v-champion", "first champion", "setup", model_name=MODEL)
+        yield home
 
 
 def _add(sessions: db.sessionmaker[db.Session], name: str) -> str:
-    fields = {**fake_version_fields(1, MODEL), "bento_model_tag": f"{MODEL}:{name}"}
-    return registry.register_version(sessions, version=name, **fields).version
+    return add_fake_version(sessions, MODEL, name)
 
 
 def _passed(version: str) -> Any:
@@ -61,7 +49,7 @@ def _passed(version: str) -> Any:
                            promotion=None, window_from=T0, window_to=T0, n_rows=1234, report_html=None)
 
 
-def _retrain(home: Home, answer: ApprovalDecision | None, *, evaluate: Any = None,
+def _retrain(home: RegistryHome, answer: ApprovalDecision | None, *, evaluate: Any = None,
              during: Any = None) -> tuple[retraining.RetrainReport, list[Any]]:
     asked: list[Any] = []
 
@@ -86,12 +74,12 @@ def _retrain(home: Home, answer: ApprovalDecision | None, *, evaluate: Any = Non
     return report, asked
 
 
-def _champion(home: Home) -> str | None:
+def _champion(home: RegistryHome) -> str | None:
     row = registry.get_alias(home.sessions, registry.CHAMPION, MODEL)
     return row.version if row else None
 
 
-def _challenger(home: Home) -> str | None:
+def _challenger(home: RegistryHome) -> str | None:
     row = registry.get_alias(home.sessions, registry.CHALLENGER, MODEL)
     return row.version if row else None
 
@@ -99,7 +87,7 @@ def _challenger(home: Home) -> str | None:
 WHEN = datetime(2013, 6, 1, 15, 30, tzinfo=UTC)
 
 
-def test_approved_challenger_becomes_champion_with_who_when_why(home: Home) -> None:
+def test_approved_challenger_becomes_champion_with_who_when_why(home: RegistryHome) -> None:
     report, asked = _retrain(home, ApprovalDecision(True, "alice", "checked the slices", WHEN))
     assert len(asked) == 1 and report.decision == "promote (approved)"
     assert _champion(home) == "v-new"
@@ -118,7 +106,7 @@ def test_approved_challenger_becomes_champion_with_who_when_why(home: Home) -> N
      "not approved in time at 2013-06-01T15:30:00+00:00: no decision within 24 h"),
 ])
 def test_rejection_or_timeout_keeps_the_champion_and_clears_the_challenger(
-        home: Home, answer: ApprovalDecision, actor: str, verdict: str) -> None:
+        home: RegistryHome, answer: ApprovalDecision, actor: str, verdict: str) -> None:
     report, _ = _retrain(home, answer)
     assert report.decision == ("reject (approval timed out)" if answer.timed_out else "reject (not approved)")
     assert _champion(home) == "v-champion" and _challenger(home) is None
@@ -128,7 +116,7 @@ def test_rejection_or_timeout_keeps_the_champion_and_clears_the_challenger(
     assert registry.get_version(home.sessions, "v-new").status == "rejected"
 
 
-def test_no_question_when_the_gates_reject(home: Home) -> None:
+def test_no_question_when_the_gates_reject(home: RegistryHome) -> None:
     def rejected(version: str, _a: Any, _b: Any) -> Any:
         out = _passed(version)
         out.decision = SimpleNamespace(decision="reject", promote=False, gates=[])
@@ -138,7 +126,7 @@ def test_no_question_when_the_gates_reject(home: Home) -> None:
     assert asked == [] and report.decision == "reject" and _champion(home) == "v-champion"
 
 
-def test_approval_of_a_stale_evaluation_is_refused(home: Home) -> None:
+def test_approval_of_a_stale_evaluation_is_refused(home: RegistryHome) -> None:
     """The champion changed while the run waited: the approval no longer applies, nothing is promoted."""
     def operator_promotes() -> None:
         _add(home.sessions, "v-hotfix")

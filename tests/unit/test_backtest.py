@@ -95,6 +95,110 @@ def test_without_a_change_triggered_promotes_at_most_once(tmp_path: Path) -> Non
     assert abs(triggered["mean_metric"] - result.run("static").totals()["mean_metric"]) < 0.01
 
 
+def test_each_period_keeps_the_estimate_against_the_realized_metric(tmp_path: Path) -> None:
+    from retrain.backtest import report
+
+    result = weekly(True, fast_settings(tmp_path), ("static", "triggered"))
+    assert result.settings["monitor_window_days"] == 7.0  # each period is a monitoring window
+    static = result.run("static")
+    for p in static.periods:
+        m = p.monitoring
+        assert m["estimated_auc"] is not None and m["estimated_auc_lower"] < m["reference_estimated_auc"]
+        assert m["auc"] == pytest.approx(p.metric, abs=0.02)  # the realized AUC, on its matured labels
+    before = [p for p in static.periods if at(p) < CHANGE]
+    after = [p for p in static.periods if at(p) >= CHANGE + pd.Timedelta(weeks=1)]
+    # before the change the estimate follows the realized AUC; after it, the labels no longer do
+    assert np.mean([abs(p.monitoring["estimated_auc"] - p.metric) for p in before]) < 0.03
+    assert all(p.metric < p.monitoring["estimated_auc"] - 0.2 for p in after)
+    totals = static.totals()
+    assert totals["estimate_windows"] == len(static.periods) and totals["estimate_covered"] >= 1
+    assert totals["alerts_by_kind"].get("performance_decay", 0) >= len(after)
+    rows = report.estimate_rows(result)
+    assert len(rows) == 2 * len(static.periods) and {"estimated", "chunk spread", "covered"} <= set(rows[0])
+
+
+def test_a_short_tail_period_is_left_out_of_every_mean(tmp_path: Path) -> None:
+    from retrain.backtest import report
+
+    full = stream(False)
+    # six rows just past the last week's end, labelled against the concept: the tail scores AUC 0
+    tail = pd.DataFrame({"ts": START + pd.Timedelta(weeks=30) + pd.to_timedelta(np.arange(6), unit="h"),
+                         "x1": [2.0, 1.5, 1.0, -1.0, -1.5, -2.0], "x2": 0.0, "x3": 0.0, "c": "b",
+                         "y": [0, 0, 0, 1, 1, 1]})
+    settings = fast_settings(tmp_path)  # eval_min_rows 300: the default minimum rows of a period
+    policies = ("static", "periodic-always")
+
+    def run(frame: pd.DataFrame) -> backtest.BacktestResult:
+        history = history_from_frame(frame, time_col="ts", label_col="y", label_lag_hours=12)
+        return run_backtest(history, settings, policies, period="week")
+
+    with_tail, without = run(pd.concat([full, tail], ignore_index=True)), run(full)
+    assert with_tail.min_period_rows == 300
+    for name in ("static", "periodic-always"):
+        runs = with_tail.run(name)
+        last = runs.periods[-1]
+        assert last.n_rows == 6 and last.short and last.metric is not None and last.metric < 0.2
+        assert not any(p.short for p in runs.periods[:-1])
+        totals, reference = runs.totals(), without.run(name).totals()
+        assert totals["periods"] == reference["periods"] + 1 and totals["periods_in_mean"] == reference["periods"]
+        # the mean is the one without the tail, not dragged by it
+        assert totals["mean_metric"] == pytest.approx(reference["mean_metric"], abs=1e-12)
+        assert totals["mean_metric"] > 0.8
+        assert totals["mean_metric_all_periods"] < totals["mean_metric"] - 0.02
+        assert totals["short_periods"] == [{"start": last.start, "rows": 6}]
+    # the promotion before the tail is not judged on its six rows
+    promoted = with_tail.run("periodic-always").periods[-2]
+    assert promoted.promoted and promoted.next_metric_new is not None and promoted.bad_promotion is None
+    tail_day = str(tail["ts"].iloc[0].date())
+    assert f"left out of every policy's mean: {tail_day} (6 rows)" in with_tail.means_note()
+    assert "every period has enough rows" in without.means_note()
+    data = with_tail.to_dict()
+    assert data["min_period_rows"] == 300 and tail_day in data["means_note"]
+    assert data["policies"][0]["periods"][-1]["short"] is True
+    summary = {r["policy"]: r for r in report.summary_rows(with_tail)}
+    assert summary["static"]["periods in mean"] == f"{reference['periods']}/{reference['periods'] + 1}"
+    assert report.period_rows(with_tail)[-1]["rows"] == "6 (short)"
+    lower = run_backtest(history_from_frame(pd.concat([full, tail], ignore_index=True), time_col="ts",
+                                            label_col="y", label_lag_hours=12),
+                         settings, ("static",), period="week", min_period_rows=0)
+    assert lower.run("static").totals()["mean_metric"] == pytest.approx(
+        with_tail.run("static").totals()["mean_metric_all_periods"])
+
+
+def test_policy_variants_are_settings_overrides_of_triggered() -> None:
+    from retrain.backtest.variants import TRIGGERED_VARIANT_HELP, TRIGGERED_VARIANTS
+
+    assert set(TRIGGERED_VARIANT_HELP) == set(TRIGGERED_VARIANTS)
+    estimated = backtest.parse_policy("estimated")
+    assert (estimated.kind, estimated.gated, estimated.name) == ("triggered", True, "estimated")
+    assert estimated.overrides == {"monitor_min_labels": 10**9}
+    assert backtest.parse_policy("drift").overrides == {"monitor_drift_requires_performance": False}
+    assert backtest.parse_policy("decay-validation").overrides == {"monitor_decay_baseline": "validation"}
+    assert backtest.parse_policy("triggered").overrides == {}
+    with pytest.raises(BacktestInputError, match="estimated, drift, decay-validation"):
+        backtest.parse_policy("labels")
+
+
+def test_estimated_retrains_on_label_free_rules_only(tmp_path: Path) -> None:
+    df = stream(False).copy()
+    after = df["ts"] >= CHANGE
+    df.loc[after, "x1"] += 4.0  # inputs leave the training range: the out-of-range share fires
+    history = history_from_frame(df, time_col="ts", label_col="y", label_lag_hours=12)
+    result = run_backtest(history, fast_settings(tmp_path), ("triggered", "estimated"), period="week")
+    estimated, triggered = result.run("estimated"), result.run("triggered")
+    kinds = {a["kind"] for p in estimated.periods for a in p.alerts}
+    assert "estimated_decay" in kinds and "performance_decay" not in kinds
+    assert {a["kind"] for p in triggered.periods for a in p.alerts} & {"performance_decay", "estimated_decay"}
+    retrains = [p for p in estimated.periods if p.retrain is not None]
+    assert retrains and all(at(p) >= CHANGE for p in retrains)
+    assert retrains[0].retrain is not None and retrains[0].retrain.trigger == "alert:estimated_decay"
+    assert estimated.totals()["promotions"] >= 1
+    assert all(p.monitoring["n_labelled"] > 0 for p in estimated.periods)  # labels matured, never judged
+    assert result.settings["monitor_min_labels"] == 200  # the replay's own settings are left as they were
+    data = result.to_dict()["policies"]
+    assert data[1]["overrides"] == {"monitor_min_labels": 10**9} and data[0]["overrides"] == {}
+
+
 def test_cooldown_runs_on_the_simulated_clock(tmp_path: Path) -> None:
     hours = 3 * 7 * 24.0
     result = weekly(True, fast_settings(tmp_path, retrain_cooldown_hours=hours), ("triggered",))
@@ -305,10 +409,12 @@ def test_cli_json_report_and_overrides(cli_home: Path) -> None:
     data = json.loads(res.stdout)
     assert data["settings"]["retrain_cooldown_hours"] == 504 and data["settings"]["monitor_ece_threshold"] is None
     assert [p["policy"] for p in data["policies"]] == ["static", "triggered"]
+    assert data["min_period_rows"] == 300 and "every period has enough rows" in data["means_note"]
     report = Path(data["report"])
     assert report.parent.parent == cli_home / "reports" and report.parent.name.startswith("backtest-")
-    assert {f.name for f in report.parent.iterdir()} == {"index.html", "backtest.png", "result.json"}
-    assert "triggered" in report.read_text()
+    assert {f.name for f in report.parent.iterdir()} == {"index.html", "backtest.png", "estimate.png", "result.json"}
+    page = report.read_text()
+    assert "triggered" in page and "the estimate against the realized metric" in page
     trig = data["policies"][1]
     assert trig["totals"]["retrains"] == sum(1 for p in trig["periods"] if p["retrain"] and p["retrain"]["challenger"])
 
@@ -323,3 +429,8 @@ def test_cli_refuses_bad_input_with_the_message(cli_home: Path) -> None:
     assert res.exit_code == 2 and "monitor_psi_threshold" in res.output
     res = invoke("--data", str(path), "--time-col", "ts")
     assert res.exit_code == 2 and "--label-col" in res.output
+    ordered = small_csv(cli_home, ts=["2013-01-01", "2013-01-02"], x=[1, 2], y=[0, 1])
+    res = invoke("--data", str(ordered), "--time-col", "ts", "--label-col", "y", "--min-period-rows", "-1")
+    assert res.exit_code == 2 and "--min-period-rows: -1 must be >= 0" in res.output
+    res = invoke("--data", str(ordered), "--time-col", "ts", "--label-col", "y", "--policy", "labels-late")
+    assert res.exit_code == 2 and "estimated, drift, decay-validation" in res.output

@@ -16,6 +16,7 @@ from tests.support.pg import scratch_database
 
 from retrain.core import db
 from retrain.core.config import Settings
+from retrain.core.estimate import estimate_performance, fit_calibrator
 from retrain.core.stats import (
     OTHER,
     build_reference_profile,
@@ -27,7 +28,14 @@ from retrain.core.stats import (
     psi,
     score_metrics,
 )
-from retrain.monitoring.monitor import decode_feature_json, monitoring_history, plot_history, run_monitoring
+from retrain.monitoring.monitor import (
+    ESTIMATE_METRICS,
+    decode_feature_json,
+    estimate_history,
+    monitoring_history,
+    plot_history,
+    run_monitoring,
+)
 from retrain.monitoring.rules import MonitoringResult, dedupe_key, evaluate_rules, monitor_frame, performance_metrics
 
 T0 = datetime(2013, 3, 1, tzinfo=UTC)
@@ -35,8 +43,10 @@ FEATURES = ["signal", "noise", "count"]  # fixture names: no dependency on the f
 
 
 def settings_for(tmp_path: Path, **overrides: object) -> Settings:
+    # drift alone fires here: these tests are about the drift rules themselves (the default, drift only
+    # with moved performance, is tested in test_monitor_estimate.py)
     base: dict[str, object] = {"home": tmp_path, "monitor_min_predictions": 200, "monitor_min_labels": 200,
-                               "monitor_ignore_features": []}
+                               "monitor_ignore_features": [], "monitor_drift_requires_performance": False}
     return Settings(**{**base, **overrides})  # type: ignore[arg-type]
 
 
@@ -399,6 +409,32 @@ def test_history_and_chart(tmp_path: Path) -> None:
     png = plot_history(history, tmp_path / "charts" / "monitoring.png")
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+
+def test_estimate_against_the_realized_auc_once_labels_mature(tmp_path: Path) -> None:
+    settings, sessions = make_db(tmp_path)
+    reference = synth(np.random.default_rng(1), 5_000)
+    profile = profile_of(reference)
+    profile["calibration"] = fit_calibrator(reference["score"], reference["late"])
+    ref_est = estimate_performance(profile, reference["score"])
+    assert ref_est is not None and ref_est.auc is not None
+    profile["estimate_band"] = {"window_days": 1.0, "reference": ref_est.auc, "lower": ref_est.auc - 0.02,
+                                "upper": ref_est.auc + 0.02}
+    add_champion(sessions, profile)
+    for day in range(3):
+        start = T0 + timedelta(days=day)
+        frame = synth(np.random.default_rng(20 + day), 600, flip=day == 2)  # day 3: the labels stop following
+        frame["entity_key"] = f"d{day}-" + frame["entity_key"]
+        log_predictions(sessions, frame, at=start, landed=start + timedelta(days=5))  # labels come late
+        run = run_monitoring(sessions, settings, "m", start, start + timedelta(days=1), start + timedelta(days=1))
+        assert run.n_labelled == 0 and run.estimated is not None and run.summary()["estimated_auc"] is not None
+    assert estimate_history(sessions, "m", T0 + timedelta(days=4))[0]["realized_auc"] is None  # none matured yet
+    rows = estimate_history(sessions, "m", T0 + timedelta(days=10))
+    assert [r["n_labelled_then"] for r in rows] == [0, 0, 0] and [r["n_labelled"] for r in rows] == [600] * 3
+    assert [r["covered"] for r in rows] == [True, True, False]  # the estimate could not see the flip coming
+    assert rows[2]["realized_auc"] < 0.5 < rows[2]["estimated_auc"]
+    png = plot_history(rows, tmp_path / "estimate.png", ESTIMATE_METRICS, title="estimate vs realized")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.postgres

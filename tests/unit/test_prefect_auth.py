@@ -75,3 +75,23 @@ def test_event_posts_carry_prefects_basic_auth(monkeypatch: pytest.MonkeyPatch) 
     assert header.startswith("Basic ") and base64.b64decode(header[6:]).decode() == AUTH
     monkeypatch.setenv("PREFECT_API_AUTH_STRING", AUTH)
     assert prefect_auth_headers() == {"Authorization": header}
+
+
+def test_service_events_go_over_http_with_the_auth_string(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service posts its events (e.g. swap_failed) to Prefect's HTTP API: a bento image has no Prefect."""
+    from retrain.core import events
+    from retrain.serving.runtime import _emitter
+
+    calls: list[tuple[str, list[dict[str, object]], str | None]] = []
+    monkeypatch.setattr(events, "post_events_http",
+                        lambda url, evs, **kw: calls.append((url, evs, kw.get("auth_string"))) or 204)
+    emit = _emitter(Settings(home=tmp_path, model_name="bike", prefect_auth_string=AUTH))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    emit("retrain.serving.swap_failed", {"alias": "champion"})
+    assert calls == []  # no API configured: logged, not sent
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.test/api")
+    emit("retrain.serving.swap_failed", {"alias": "champion"})
+    [(url, sent, auth)] = calls
+    assert url == "http://prefect.test/api" and auth == AUTH
+    assert sent[0]["event"] == "retrain.serving.swap_failed" and sent[0]["payload"] == {"alias": "champion"}
+    assert sent[0]["resource"]["prefect.resource.id"] == "retrain.model.bike"

@@ -53,6 +53,22 @@ def drop_bentoml_metrics() -> None:
             REGISTRY.unregister(collector)
 
 
+def fresh_serving_metrics() -> None:
+    """This module's app must count into its own PROMETHEUS_MULTIPROC_DIR: drop the retrain metrics an
+    earlier module's app created in this process, and prometheus_client's per-process cache of open value
+    files (it keeps writing to the directory of the first metric it created)."""
+    from prometheus_client import REGISTRY, values
+
+    from retrain.serving.metrics import serving_metrics
+
+    values.ValueClass = values.get_value_class()
+
+    for collector, names in list(REGISTRY._collector_to_names.items()):
+        if any(n.startswith("retrain_") for n in names):
+            REGISTRY.unregister(collector)
+    serving_metrics.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def client(bike: BikeHome) -> Iterator[TestClient]:
     """One in-process app for the module (its startup opens the store and loads the champion)."""
@@ -60,6 +76,7 @@ def client(bike: BikeHome) -> Iterator[TestClient]:
         warnings.simplefilter("ignore")
         from bentos.usecase.service import UseCaseService
     drop_bentoml_metrics()
+    fresh_serving_metrics()
     with TestClient(UseCaseService.to_asgi()) as c:  # type: ignore[attr-defined]
         yield c
     drop_bentoml_metrics()  # leave the registry as found for the next module's app
@@ -168,3 +185,25 @@ def test_flights_is_refused(bike: BikeHome) -> None:
     with pytest.raises(UseCaseError, match="no feast section"):
         served_usecase("flight_delay")
 
+
+
+def test_model_and_metrics_report_stale_feature_views(bike: BikeHome, client: TestClient) -> None:
+    """On the real clock, the 2011-2012 bike views are years old: `/model` names them stale with their
+    cadence and age, and rows scored meanwhile are counted in `/metrics`."""
+    info = client.get("/model").json()
+    assert sorted(info["stale_features"]) == ["bike_demand", "bike_weather"]
+    views = {v["view"]: v for v in info["features"]}
+    assert views["bike_weather"]["cadence_hours"] == 1.0 and views["bike_weather"]["age_hours"] > 24 * 365
+    assert views["bike_weather"]["reason"].startswith("newest online row")
+    before = _metric(client, "retrain_rows_with_stale_features_total")
+    r = client.post("/predict", json={"rows": [payload(bike.picks.iloc[0]), payload(bike.picks.iloc[1])]})
+    assert r.status_code == 200, r.text
+    assert _metric(client, "retrain_rows_with_stale_features_total") == before + 2
+    assert _metric(client, 'retrain_feature_view_stale{view="bike_weather"}') == 1.0
+
+
+def _metric(client: TestClient, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -12,12 +12,20 @@ and is judged on their labels (`retrain.core.metrics`). At the end of a period (
   reference profile, decay on labels matured by `now`, the `Settings.monitor_*` rules) over the
   period's predictions; its alerts go through the production alert ledger (`ledger.admit`, on an
   in-memory SQLite: dedupe keys and `retrain_cooldown_hours` in simulated time), and an admitted
-  alert retrains and evaluates exactly as the gated periodic policy does.
+  alert retrains and evaluates exactly as the gated periodic policy does;
+- `estimated`, `drift`, `decay-validation` are the triggered policy with a few `Settings` fields
+  overridden (`variants.TRIGGERED_VARIANTS`) for its monitoring pass and ledger: same rules, same
+  replay, other settings.
 
 Models are fitted with `train.fit_with_settings` and profiled with `train.reference_profile`. A
 challenger for the same window is trained once and shared by every policy that asks for it (each
 policy is still charged its fit seconds). A promotion is "bad" when, on the next period, the new
 champion scores worse than the champion it replaced by more than `bad_margin`.
+
+A period with fewer rows than `min_period_rows` (default `eval_min_rows`, the fewest labelled rows
+the evaluator judges a model on) is marked short: it is still served and monitored, but left out of
+every policy's mean, and a promotion is not judged bad or good on it (a history ending just past a
+period boundary otherwise scores a handful of rows as if they were a full period).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from retrain.backtest.results import (
     parse_policy,
     settings_used,
 )
+from retrain.backtest.variants import TRIGGERED_VARIANTS
 from retrain.core import metrics
 from retrain.core.config import Settings
 from retrain.evaluation.gates import GateConfig, day_blocks, decide
@@ -65,6 +74,10 @@ if TYPE_CHECKING:
 PeriodName = Literal["day", "week", "month"]
 PERIOD_DAYS: dict[str, float] = {"day": 1.0, "week": 7.0, "month": 30.44}
 DEFAULT_POLICIES = ("static", "periodic-always", "periodic-gated", "triggered")
+# what each period keeps of its monitoring pass (the estimate against the realized metric, drift weight)
+MONITORING_KEYS = ("auc", "estimated_auc", "estimated_auc_threshold", "estimated_auc_lower", "estimated_auc_upper",
+                   "reference_estimated_auc", "estimate_covers_realized", "rmse", "baseline_rmse",
+                   "out_of_range_share", "drifted_importance", "n_labelled", "notes")
 MIN_INITIAL_ROWS = 100
 # backtest flag -> Settings field, for messages (the CLI's full map is retrain.cli.backtest.OVERRIDES)
 BACKTEST_FLAGS = {"eval_min_rows": "eval_min_rows", "min_predictions": "monitor_min_predictions",
@@ -181,11 +194,19 @@ class Replay:
 
     def __init__(self, history: History, settings: Settings, *, period: str = "month",
                  initial_periods: int | None = None, bad_margin: float = 0.005,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, min_period_rows: int | None = None) -> None:
         self.h = history
-        self.settings = settings
+        # each period is a monitoring window: the reference chunks that thresholds are learned from
+        # (`train.reference_profile`) are cut at the period's length too
+        self.settings = settings.model_copy(
+            update={"monitor_window_days": PERIOD_DAYS.get(period, settings.monitor_window_days)})
         self.period = period
         self.bad_margin = bad_margin
+        self.min_period_rows = settings.eval_min_rows if min_period_rows is None else min_period_rows
+        if self.min_period_rows < 0:
+            raise BacktestInputError(f"--min-period-rows: {self.min_period_rows} must be >= 0")
+        # each triggered variant's settings, validated before any training
+        self.variant_settings = {name: with_overrides(self.settings, o) for name, o in TRIGGERED_VARIANTS.items()}
         self.say: Progress = progress or (lambda _m: None)
         self.binary = history.objective == "binary"
         self.gate_config = GateConfig.from_settings(settings)  # refuses bad gate settings before training
@@ -216,7 +237,7 @@ class Replay:
                                      "only one class; a model needs both")
         self.models: dict[tuple[int, int, int], Model] = {}
         self.scores: dict[tuple[str, int], np.ndarray] = {}
-        self.monitoring: dict[tuple[str, int], tuple[list[AlertSpec], dict[str, Any]]] = {}
+        self.monitoring: dict[tuple[str, int, str], tuple[list[AlertSpec], dict[str, Any]]] = {}
         self.initial: Model | None = None
 
     def _require_volume(self, n_periods: int) -> None:
@@ -321,9 +342,14 @@ class Replay:
             self.scores[key] = self.predict(model, self.period_rows(k))
         return self.scores[key]
 
-    def monitor(self, model: Model, k: int) -> tuple[list[AlertSpec], dict[str, Any]]:
-        """The production monitoring pass over period k's predictions, as of the period's end."""
-        key = (model.name, k)
+    def policy_settings(self, policy: Policy) -> Settings:
+        """The settings a policy monitors with: the replay's, or its variant's overrides over them."""
+        return self.variant_settings[policy.variant] if policy.variant else self.settings
+
+    def monitor(self, model: Model, k: int, variant: str = "") -> tuple[list[AlertSpec], dict[str, Any]]:
+        """The production monitoring pass over period k's predictions, as of the period's end (with a
+        triggered variant's settings when `variant` names one)."""
+        key = (model.name, k, variant)
         if key in self.monitoring:
             return self.monitoring[key]
         idx = self.period_rows(k)
@@ -336,10 +362,14 @@ class Replay:
                                  "available_at": part[LABEL_TIME].reset_index(drop=True),
                                  "label": part[h.label].to_numpy()})
         lo, hi = self.bounds[k].to_pydatetime(), self.bounds[k + 1].to_pydatetime()
-        result = monitor_frame(model.profile, preds, outcomes, settings=self.settings,
+        settings = self.variant_settings[variant] if variant else self.settings
+        result = monitor_frame(model.profile, preds, outcomes, settings=settings,
                                model_name=self.settings.model_name, model_version=model.name, window_from=lo,
                                window_to=hi, as_of=hi, regression=not self.binary)
-        out = (list(result.alerts), result.summary())
+        summary: dict[str, Any] = {**result.summary(), "n_labelled": result.n_labelled,
+                                   "estimate_covers_realized": result.estimate_covers_realized(),
+                                   "notes": list(result.notes)}
+        out = (list(result.alerts), summary)
         self.monitoring[key] = out
         return out
 
@@ -399,7 +429,7 @@ class Replay:
     def run(self, policy: Policy) -> PolicyRun:
         t0 = time.perf_counter()
         champion = self.initial_model()
-        ledger = _Ledger(self.settings) if policy.kind == "triggered" else None
+        ledger = _Ledger(self.policy_settings(policy)) if policy.kind == "triggered" else None
         records: list[PeriodRecord] = []
         replaced: tuple[PeriodRecord, Model] | None = None
         last = len(self.bounds) - 2
@@ -408,16 +438,19 @@ class Replay:
                 idx = self.period_rows(k)
                 scores = self.period_scores(champion, k)
                 rec = PeriodRecord(k, self.bounds[k].isoformat(), self.bounds[k + 1].isoformat(), champion.name,
-                                   int(idx.size), self.metric(self.y[idx], scores))
+                                   int(idx.size), self.metric(self.y[idx], scores),
+                                   short=int(idx.size) < self.min_period_rows)
                 if replaced is not None:  # judge last period's promotion on this period's labels
                     before, old = replaced
                     before.next_metric_new = rec.metric
                     before.next_metric_replaced = self.metric(self.y[idx], self.period_scores(old, k))
-                    before.bad_promotion = self.worse(rec.metric, before.next_metric_replaced)
+                    before.bad_promotion = (None if rec.short
+                                            else self.worse(rec.metric, before.next_metric_replaced))
                     replaced = None
-                alerts, _summary = self.monitor(champion, k)
+                alerts, summary = self.monitor(champion, k, policy.variant)
                 rec.alerts = [{"kind": a.kind, "metric": a.metric, "value": a.value, "threshold": a.threshold,
                                "reason": a.reason} for a in alerts]
+                rec.monitoring = {k: summary.get(k) for k in MONITORING_KEYS}
                 now = self.bounds[k + 1]
                 if k < last:
                     new = self._decide(policy, champion, k, now, alerts, rec, ledger)
@@ -468,7 +501,7 @@ def _fmt(value: float | None) -> str:
 
 def run_backtest(history: History, settings: Settings, policies: Sequence[Policy | str] = DEFAULT_POLICIES, *,
                  period: str = "month", initial_periods: int | None = None, bad_margin: float = 0.005,
-                 progress: Progress | None = None) -> BacktestResult:
+                 progress: Progress | None = None, min_period_rows: int | None = None) -> BacktestResult:
     """Replay `history` under each policy; every input rule is checked before the first fit."""
     chosen = [p if isinstance(p, Policy) else parse_policy(p) for p in policies]
     if not chosen:
@@ -479,7 +512,7 @@ def run_backtest(history: History, settings: Settings, policies: Sequence[Policy
     if bad_margin < 0:
         raise BacktestInputError(f"--bad-margin: {bad_margin} must be >= 0")
     replay = Replay(history, settings, period=period, initial_periods=initial_periods, bad_margin=bad_margin,
-                    progress=progress)
+                    progress=progress, min_period_rows=min_period_rows)
     t0 = time.perf_counter()
     initial = replay.initial_model()
     seconds = {"initial_fit": round(time.perf_counter() - t0, 3)}
@@ -491,5 +524,5 @@ def run_backtest(history: History, settings: Settings, policies: Sequence[Policy
     return BacktestResult(
         history=history.describe(), period=period, metric="auc" if replay.binary else "rmse",
         higher_is_better=replay.binary, bad_margin=bad_margin,
-        initial={**initial.describe(), "periods": replay.initial_periods}, settings=settings_used(settings),
-        runs=runs, seconds=seconds)
+        initial={**initial.describe(), "periods": replay.initial_periods}, settings=settings_used(replay.settings),
+        runs=runs, seconds=seconds, min_period_rows=replay.min_period_rows)

@@ -13,6 +13,8 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from retrain.backtest.variants import TRIGGERED_VARIANT_HELP
+
 console = Console(stderr=True)
 out = Console()
 
@@ -72,10 +74,17 @@ def register(app: typer.Typer) -> None:
                                                 "this long after its time."),
         period: str = typer.Option("month", "--period", help="day, week or month."),
         policy: list[str] | None = typer.Option(None, "--policy", help="static, periodic-always, periodic-gated, "
-                                                "triggered (repeatable; ':N' = every N periods). Default: all four."),
+                                                "triggered, or a triggered variant (the same replay with settings "
+                                                "overrides): " + "; ".join(f"{k}: {v}" for k, v in
+                                                                          TRIGGERED_VARIANT_HELP.items())
+                                                + ". Repeatable; ':N' = every N periods (periodic). Default: "
+                                                "static, periodic-always, periodic-gated, triggered."),
         every: int = typer.Option(1, "--every", help="Periodic policies retrain every N periods."),
         initial_periods: int | None = typer.Option(None, "--initial-periods", help="Periods in the initial "
                                                    "training window (default: covers retrain_train_days)."),
+        min_period_rows: int | None = typer.Option(None, "--min-period-rows", help="Periods with fewer rows are "
+                                                   "left out of every policy's mean (listed in the report) and "
+                                                   "no promotion is judged on them (default: eval_min_rows)."),
         bad_margin: float = typer.Option(0.005, "--bad-margin", help="A promotion is bad when the new model is "
                                          "worse than the replaced one by more than this on the next period."),
         feature_home: Path | None = typer.Option(None, "--feature-home", help="A RETRAIN_HOME holding the use "
@@ -117,7 +126,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         report: bool = typer.Option(True, "--report/--no-report", help="Write the HTML + PNG report."),
     ) -> None:
-        """Backtest retraining policies (static, periodic, triggered) on history, with no servers."""
+        """Backtest retraining policies (static, periodic, triggered and its variants) on history, with no
+        servers."""
         from retrain.backtest import replay as bt
         from retrain.backtest import report as backtest_report
         from retrain.core.config import base_settings, get_settings
@@ -164,7 +174,7 @@ def register(app: typer.Typer) -> None:
                 history = load_history(spec, settings, feature_home=feature_home, start=_when(date_from),
                                        end=_when(date_to), progress=say)
             result = bt.run_backtest(history, settings, policies, period=period, initial_periods=initial_periods,
-                                     bad_margin=bad_margin, progress=say)
+                                     bad_margin=bad_margin, progress=say, min_period_rows=min_period_rows)
         except (bt.BacktestInputError, UseCaseError) as exc:
             _fail(str(exc))
         html_path = backtest_report.write_report(result, settings.reports_dir) if report else None

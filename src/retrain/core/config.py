@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     num_leaves: int = 63
     model_params: dict[str, Any] = Field(default_factory=dict, description="Further LightGBM parameters "
                                          "(a use case's model_params); seed, threads and determinism stay fixed.")
+    train_dask_address: str | None = Field(
+        default=None, description="dask.distributed scheduler to fit on with lightgbm.dask (e.g. "
+        "tcp://host:8786); empty: single process. The saved model is a plain booster either way.")
 
     # evaluation gates
     eval_min_rows: int = 1000
@@ -83,6 +86,8 @@ class Settings(BaseSettings):
     serve_port: int = 3000
     serve_max_batch: int = 1000
     serve_follow_seconds: float = 0.5
+    serve_freshness_seconds: float = Field(default=60.0, gt=0, description="How often each worker checks its "
+                                           "feature views' freshness (GET /model, retrain_feature_view_* metrics).")
     api_key: SecretStr | None = Field(default=None, description="Key every non-health route requires in the "
                                       "x-api-key header; empty: no key.")
     serve_insecure: bool = Field(default=False, description="Serve on a non-loopback address without an api_key "
@@ -131,6 +136,12 @@ class Settings(BaseSettings):
     monitor_profile_bins: int = Field(default=10, ge=2, description="Quantile bins per numeric feature.")
     monitor_profile_quantiles: int = Field(default=201, ge=11, description="Quantile sketch size (KS).")
     monitor_profile_top_k: int = Field(default=30, ge=1, description="Categories kept before __other__.")
+    monitor_reference_chunks: int = Field(
+        default=20, ge=3, description="Reference chunks of a window's length that thresholds are learned from: "
+        "time slices of the training window (features), days resampled from the validation rows (scores).")
+    monitor_reference_quantile: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Learned thresholds: drift must pass this quantile of the "
+        "reference chunks' statistic (PSI, KS), the estimated AUC fall below the 1 - this quantile.")
     # drift rules (data_drift, prediction_drift)
     monitor_psi_threshold: float = Field(default=0.25, gt=0, description="Feature PSI that counts as drift.")
     monitor_ks_threshold: float = Field(default=0.2, gt=0, le=1, description="Feature KS that counts.")
@@ -141,13 +152,31 @@ class Settings(BaseSettings):
     )
     monitor_prediction_psi_threshold: float = Field(default=0.2, gt=0, description="Score PSI that fires.")
     monitor_min_predictions: int = Field(default=500, ge=1, description="Predictions needed for drift.")
+    monitor_drift_importance_share: float = Field(
+        default=0.10, ge=0, le=1, description="Data drift needs drifted features carrying at least this share of "
+        "the champion's gain importance (profiles without importance: any drifted feature counts).")
+    monitor_drift_requires_performance: bool = Field(
+        default=True, description="Drift alerts (data_drift, prediction_drift) fire only when performance moved "
+        "too: realized decay on matured labels, or the label-free estimate where labels are too few.")
     # performance rules (performance_decay), on matured labels only
     monitor_min_labels: int = Field(default=500, ge=1, description="Matured labels needed to judge.")
-    monitor_auc_drop: float = Field(default=0.03, ge=0, description="AUC below champion baseline minus this.")
+    monitor_auc_drop: float = Field(default=0.03, ge=0, description="AUC below the expected AUC "
+                                    "(monitor_decay_baseline) minus this fires; the estimate's margin too.")
+    monitor_decay_baseline: Literal["estimate", "validation"] = Field(
+        default="estimate", description="What the realized AUC must not fall monitor_auc_drop below: the AUC the "
+        "window's calibrated scores lead to expect (the model did worse than its own confidence: the relation "
+        "changed), or the champion's validation AUC (also fires when the window's case mix is just harder).")
     monitor_auc_floor: float = Field(default=0.60, ge=0, le=1, description="AUC below this fires.")
     monitor_ece_threshold: float | None = Field(default=0.10, description="ECE above this fires; None=off.")
     monitor_rmse_increase: float = Field(default=0.25, gt=0, description="Regression: RMSE on matured labels "
                                          "above the champion's validation RMSE x (1 + this) fires.")
+    # label-free performance (estimated_decay)
+    monitor_estimate_with_labels: bool = Field(
+        default=False, description="Judge the AUC estimated from calibrated scores even when enough labels "
+        "matured (off: the realized AUC supersedes it).")
+    monitor_out_of_range_share: float = Field(
+        default=0.05, gt=0, le=1, description="Extrapolation (estimated_decay, labels or not): this gain-weighted "
+        "share of the window's inputs outside the training range fires (trees answer them with edge leaves).")
     # ledger: dedupe and cooldown
     monitor_dedupe_policy: Literal["champion", "champion_period", "window"] = Field(
         default="champion_period",
@@ -159,6 +188,13 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Bucket for alerts that arrive without a dedupe key."
     )
     retrain_cooldown_hours: float = Field(default=24.0, ge=0, description="No retrain this long after a promotion.")
+    guardrail_hours: float = Field(default=168.0, ge=0, description="After a promotion, serving scores the previous "
+                                   "champion in shadow this long, and monitoring rolls back when matured labels "
+                                   "show it was better (0: off).")
+    guardrail_min_labels: int | None = Field(default=None, ge=1, description="Matured rows scored by both that the "
+                                             "guardrail needs (default: eval_min_rows).")
+    guardrail_margin: float = Field(default=0.0, ge=0, description="Roll back when the previous champion's "
+                                    "advantage has a one-sided lower bound above this (gate_confidence).")
     freshness_factor: float = Field(default=3.0, gt=1, description="A feature view is stale when its newest online "
                                     "row is older than this many times its cadence (the typical gap between its "
                                     "rows; a view's tag retrain.max_age_hours overrides the limit).")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-AlertKind = Literal["data_drift", "prediction_drift", "performance_decay", "manual",
+AlertKind = Literal["data_drift", "prediction_drift", "performance_decay", "estimated_decay", "manual",
                     "stale_features"]
 # kinds that report an operational problem: recorded by the ledger, never a reason to retrain
 NOTICE_KINDS: frozenset[str] = frozenset({"stale_features"})
@@ -45,6 +45,9 @@ EVENT_PROMOTED = "retrain.model.promoted"
 
 
 EVENT_REJECTED = "retrain.model.rejected"
+
+
+EVENT_ROLLBACK = "retrain.model.rollback"  # the guardrail returned the champion alias to the previous champion
 
 
 EVENT_SWAP_FAILED = "retrain.serving.swap_failed"

@@ -4,7 +4,9 @@ A reference profile is computed once, at training time, and stored (JSON) with t
 so monitoring never rescans the training data. Per numeric feature it keeps quantile bin edges and
 the training proportions (for PSI), the null rate, and a quantile sketch (for KS); per categorical
 feature the top-K category frequencies plus `__other__`; the same numeric profile for the model's
-scores. `monitor.py` re-exports the public names.
+scores. `monitor.py` re-exports the public names. What monitoring learns beyond distributions
+(gain importance, the score calibrator, thresholds learned from reference chunks) is added to the
+profile by `retrain.core.estimate.monitoring_baseline`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from retrain.core.jsonsafe import json_safe
 
 FloatArray = npt.NDArray[np.float64]
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: importance, calibration, learned thresholds (core.estimate)
 EPS = 1e-4
 OTHER = "__other__"
 SCORE = "__score__"
@@ -212,6 +214,14 @@ class FeatureDrift:
     unseen_rate: float | None = None
     mean: float | None = None
     ref_mean: float | None = None
+    # from the reference profile: the quantile of PSI/KS over reference chunks, the gain importance
+    psi_learned: float | None = None
+    ks_learned: float | None = None
+    importance: float | None = None
+    # set by the monitoring pass: the thresholds this window was judged against, and the verdict
+    psi_threshold: float | None = None
+    ks_threshold: float | None = None
+    drifted: bool = False
 
 
 def numeric_drift(name: str, ref: Mapping[str, Any], values: Any) -> FeatureDrift:

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, insert, or_, select, update
@@ -414,6 +414,32 @@ def rollback(sessions: sessionmaker[Session], reason: str, actor: str,
              model_name: str) -> tuple[ModelVersion, ModelVersion]:
     """Return the champion alias to the previous champion; returns (from, to). Recorded as `rollback`."""
     return atomic(sessions, lambda s: rollback_in(s, model_name, reason, actor))
+
+
+def _latest_promotion(session: Session, model_name: str) -> Promotion | None:
+    return session.scalars(select(Promotion).where(Promotion.model_name == model_name,
+                                                   Promotion.alias == CHAMPION)
+                           .order_by(Promotion.id.desc()).limit(1)).first()
+
+
+def replaced_champion(sessions: sessionmaker[Session], model_name: str,
+                 now: datetime, hours: float) -> tuple[ModelVersion, ModelVersion, datetime] | None:
+    """(new champion, the champion it replaced, promoted at) while the latest champion move is a promotion
+    made less than `hours` before `now` (the guardrail's window); None otherwise (no promotion, a rollback,
+    or the window is over). The rows are detached from their session."""
+    with sessions() as session:
+        move = _latest_promotion(session, model_name)
+        if move is None or move.action != "promote" or move.from_version_id is None:
+            return None
+        if hours <= 0 or now - move.created_at >= timedelta(hours=hours):
+            return None
+        new, old = session.get(ModelVersion, move.to_version_id), session.get(ModelVersion, move.from_version_id)
+        alias = session.scalars(select(Alias).where(Alias.model_name == model_name,
+                                                    Alias.alias == CHAMPION)).first()
+        if new is None or old is None or alias is None or alias.version_id != new.id:
+            return None
+        session.expunge_all()
+        return new, old, move.created_at
 
 
 def history(sessions: sessionmaker[Session], model_name: str, alias: str | None = None,

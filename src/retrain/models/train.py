@@ -4,6 +4,10 @@
 `fit` works on any tabular frame (numeric and pandas `category` columns), so the backtest reuses it
 on users' CSVs. It is deterministic: fixed seed, `deterministic=True`, `force_row_wise=True` and a
 fixed thread count, so the same window and seed give identical predictions and fingerprint.
+
+With `dask_address` (the `train_dask_address` setting) the boosting runs on a dask.distributed cluster
+with `lightgbm.dask` (data-parallel), and the result is turned back into a plain Booster: what is saved,
+served and evaluated is the same kind of model either way. See `_fit_on_dask` for what differs.
 """
 
 from __future__ import annotations
@@ -192,8 +196,12 @@ def fit(
     validation_fraction: float = 0.15,
     num_boost_round: int = 300,
     early_stopping_rounds: int = 30,
+    dask_address: str | None = None,
 ) -> TrainResult:
-    """Fit LightGBM on `frame` with a time split; returns booster, metadata and validation scores."""
+    """Fit LightGBM on `frame` with a time split; returns booster, metadata and validation scores.
+
+    `dask_address` (a dask.distributed scheduler URL): fit there with `lightgbm.dask`; empty: in process.
+    """
     import lightgbm as lgb
 
     feats = list(feature_names)
@@ -212,15 +220,22 @@ def fit(
     full_params = {**default_params(None, objective), **dict(params or {})}
     full_params["objective"] = objective
     full_params.update(seed=seed, deterministic=True, force_row_wise=True, num_threads=num_threads, verbose=-1)
-    train_ds = lgb.Dataset(train_part[feats], y_train, feature_name=feats, free_raw_data=True)
-    valid_ds = lgb.Dataset(valid_part[feats], y_valid, reference=train_ds, free_raw_data=True)
     t_split = time.perf_counter()
-    callbacks: list[Callable[..., Any]] = (
-        [lgb.early_stopping(early_stopping_rounds, verbose=False)] if early_stopping_rounds > 0 else [])
-    booster = lgb.train(full_params, train_ds, num_boost_round=num_boost_round, valid_sets=[valid_ds],
-                        valid_names=["valid"], callbacks=callbacks)
+    distributed: dict[str, Any] = {}
+    if dask_address:
+        booster, best, distributed = _fit_on_dask(
+            dask_address, full_params, train_part[feats], y_train, valid_part[feats], y_valid,
+            objective=objective, num_boost_round=num_boost_round, early_stopping_rounds=early_stopping_rounds,
+            seed=seed)
+    else:
+        train_ds = lgb.Dataset(train_part[feats], y_train, feature_name=feats, free_raw_data=True)
+        valid_ds = lgb.Dataset(valid_part[feats], y_valid, reference=train_ds, free_raw_data=True)
+        callbacks: list[Callable[..., Any]] = (
+            [lgb.early_stopping(early_stopping_rounds, verbose=False)] if early_stopping_rounds > 0 else [])
+        booster = lgb.train(full_params, train_ds, num_boost_round=num_boost_round, valid_sets=[valid_ds],
+                            valid_names=["valid"], callbacks=callbacks)
+        best = int(booster.best_iteration) if booster.best_iteration > 0 else booster.current_iteration()
     t_fit = time.perf_counter()
-    best = int(booster.best_iteration) if booster.best_iteration > 0 else booster.current_iteration()
     scores = np.asarray(booster.predict(valid_part[feats], num_iteration=best), dtype="float64")
     elapsed = time.perf_counter() - started
     meta: dict[str, Any] = {
@@ -243,8 +258,99 @@ def fit(
         "phase_seconds": {"fingerprint": round(t_fp - started, 3), "split": round(t_split - t_fp, 3),
                           "lgb_train": round(t_fit - t_split, 3), "validate": round(started + elapsed - t_fit, 3)},
     }
+    if distributed:  # recorded with the params too, so the registry tells how a version was fitted
+        meta["distributed"] = distributed
+        meta["params"]["distributed"] = distributed
     return TrainResult(booster=booster, feature_names=feats, metadata=meta,
                        valid_frame=valid_part, valid_scores=scores)
+
+
+def _loss_by_iteration(booster: lgb.Booster, x_valid: pd.DataFrame, y_valid: np.ndarray,
+                       objective: Objective) -> np.ndarray:
+    """The objective's loss on the validation rows after each boosting round (binary log loss or l2)."""
+    raw = np.zeros(len(x_valid), dtype="float64")
+    losses = np.empty(booster.current_iteration(), dtype="float64")
+    for i in range(len(losses)):
+        raw += np.asarray(booster.predict(x_valid, start_iteration=i, num_iteration=1, raw_score=True), dtype="float64")
+        if objective == "binary":
+            losses[i] = float(np.mean(np.logaddexp(0.0, raw) - y_valid * raw))
+        else:
+            losses[i] = float(np.mean((raw - y_valid) ** 2))
+    return losses
+
+
+def early_stopping_iteration(losses: np.ndarray, early_stopping_rounds: int) -> int:
+    """The round (1-based) `lightgbm.early_stopping` would keep: the best loss so far, once
+    `early_stopping_rounds` rounds in a row failed to beat it (0 rounds: no early stopping, keep all)."""
+    if early_stopping_rounds <= 0 or len(losses) == 0:
+        return len(losses)
+    best = 0
+    for i in range(1, len(losses)):
+        if losses[i] < losses[best]:
+            best = i
+        elif i - best >= early_stopping_rounds:
+            break
+    return best + 1
+
+
+def _fit_on_dask(address: str, params: Mapping[str, Any], x_train: pd.DataFrame, y_train: np.ndarray,
+                 x_valid: pd.DataFrame, y_valid: np.ndarray, *, objective: Objective, num_boost_round: int,
+                 early_stopping_rounds: int, seed: int) -> tuple[lgb.Booster, int, dict[str, Any]]:
+    """Fit with `lightgbm.dask` on the cluster at `address`; returns a plain Booster cut at its best round.
+
+    What differs from the in-process fit:
+    - data: the training rows are shuffled (seeded) and split into one partition per worker, scattered
+      one to each; LightGBM trains data-parallel (`tree_learner=data`), each worker with its own threads
+      (`num_threads` is the workers' `nthreads`). Feature bins come from the workers' own rows.
+    - early stopping: `lightgbm.dask` has none (a worker that stops first leaves the others hanging), so
+      all `num_boost_round` rounds are grown, then the round `lightgbm.early_stopping` would keep is picked
+      here from the objective's loss (binary log loss / l2) on the validation rows, and the model cut there.
+    - determinism: the row shuffle and split are seeded, but the model is not reproducible bit for bit:
+      it differs from the in-process one (bagging and bins are per worker) and between runs (the workers'
+      ranks in LightGBM's network change), so two fits agree on metrics within noise, not exactly. The
+      data fingerprint is unchanged (it is taken before the split).
+    - memory: the frame is still built here as one pandas frame, so the limit on rows is this process's.
+    The validation rows never leave this process. The Booster comes back via `to_local()`, so nothing
+    that loads, serves or evaluates the model needs Dask.
+    """
+    import warnings
+
+    import dask.dataframe as dd
+    import lightgbm as lgb
+    from dask.distributed import Client
+    from lightgbm.dask import DaskLGBMClassifier, DaskLGBMRegressor
+
+    # lightgbm.dask sets the thread count from the workers and refuses its own early stopping
+    dask_params = {k: v for k, v in params.items() if k not in ("num_threads", "early_stopping_round")}
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x_train))
+    x_shuffled = x_train.iloc[order].reset_index(drop=True)
+    y_values = y_train[order].astype("int64" if objective == "binary" else "float64")
+    with Client(address, set_as_default=False, timeout="30s") as client:
+        workers = sorted(client.scheduler_info()["workers"])
+        if not workers:
+            raise TrainingError(f"train_dask_address: no workers at {address}")
+        bounds = np.linspace(0, len(x_shuffled), len(workers) + 1).astype(int)
+        pieces = [(lo, hi, w) for lo, hi, w in zip(bounds[:-1], bounds[1:], workers, strict=True) if hi > lo]
+        x_parts = [client.scatter(x_shuffled.iloc[lo:hi], workers=[w]) for lo, hi, w in pieces]
+        y_parts = [client.scatter(pd.Series(y_values[lo:hi], name="label"), workers=[w]) for lo, hi, w in pieces]
+        x_dask = dd.from_delayed(x_parts, meta=x_shuffled.iloc[:0], verify_meta=False)
+        y_dask = dd.from_delayed(y_parts, meta=pd.Series(y_values[:0], name="label"), verify_meta=False)
+        estimator_cls = DaskLGBMClassifier if objective == "binary" else DaskLGBMRegressor
+        estimator = estimator_cls(client=client, n_estimators=num_boost_round, **dask_params)
+        with client.as_current(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Parameter (n_jobs|num_threads) will be ignored")
+            estimator.fit(x_dask, y_dask)
+        local = estimator.to_local().booster_
+        nthreads = client.nthreads()
+    losses = _loss_by_iteration(local, x_valid, y_valid, objective)
+    best = early_stopping_iteration(losses, early_stopping_rounds)
+    booster = lgb.Booster(model_str=local.model_to_string(num_iteration=best))
+    info = {"dask_address": address, "n_workers": len(pieces), "worker_threads": sum(nthreads.values()),
+            "rounds_grown": int(local.current_iteration()), "tree_learner": "data",
+            "early_stopping": "after the fit, on the validation rows' " +
+                              ("binary_logloss" if objective == "binary" else "l2")}
+    return booster, best, info
 
 
 def fit_with_settings(frame: pd.DataFrame, feature_names: Sequence[str], settings: Settings,
@@ -257,6 +363,7 @@ def fit_with_settings(frame: pd.DataFrame, feature_names: Sequence[str], setting
         "validation_fraction": settings.validation_fraction,
         "num_boost_round": settings.num_boost_round,
         "early_stopping_rounds": settings.early_stopping_rounds,
+        "dask_address": settings.train_dask_address,
     }
     kwargs.update(overrides)
     return fit(frame, feature_names, **kwargs)
@@ -300,19 +407,33 @@ class TrainedVersion:
 def reference_profile(settings: Settings, result: TrainResult, label: str,
                       frame: pd.DataFrame | None = None, *, regression: bool = False) -> dict[str, Any]:
     """The monitoring baseline: feature distributions over the whole training window (`frame`),
-    scores and the baseline AUC on the validation rows (honest, out-of-sample).
+    scores and the baseline AUC on the validation rows (honest, out-of-sample), plus what the
+    label-free rules need (`estimate.monitoring_baseline`): gain importance, the calibrator of the
+    validation scores (binary), per-feature drift thresholds learned from time slices of `frame`
+    as long as a monitoring window, and the band of the estimated AUC.
 
     Profiling features on the validation rows alone (about a week of a two-month window) made
     seasonal features such as weather look drifted within days.
     """
+    from retrain.core.estimate import monitoring_baseline
+
     valid = result.valid_frame
+    valid_labels = valid[label].to_numpy()
     profile = dict(build_reference_profile(
-        valid, result.feature_names, result.valid_scores, labels=valid[label].to_numpy(), settings=settings,
+        valid, result.feature_names, result.valid_scores, labels=valid_labels, settings=settings,
         regression=regression))
-    if frame is not None and len(frame) > len(valid):
-        whole = build_reference_profile(frame, result.feature_names, np.zeros(len(frame)), settings=settings)
+    whole_frame = frame if frame is not None and len(frame) > len(valid) else valid
+    if whole_frame is not valid:
+        whole = build_reference_profile(whole_frame, result.feature_names, np.zeros(len(whole_frame)),
+                                        settings=settings)
         profile["features"] = whole["features"]
         profile["n_rows_features"] = whole["n_rows"]
+    time_col = str(result.metadata.get("time_col", ""))
+    valid_times = valid[time_col] if time_col in valid.columns else None
+    profile.update(monitoring_baseline(
+        profile, booster=result.booster, feature_names=result.feature_names, valid_times=valid_times,
+        valid_scores=result.valid_scores, valid_labels=valid_labels, frame=whole_frame, time_col=time_col,
+        settings=settings, regression=regression))
     return profile
 
 

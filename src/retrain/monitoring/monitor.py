@@ -32,9 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from retrain.core.config import Settings
 from retrain.core.db import Alias, ModelVersion, MonitoringRun, Outcome, Prediction, transaction
-from retrain.core.stats import (
-    as_float_array,
-)
+from retrain.core.stats import as_float_array, score_metrics
 from retrain.monitoring.rules import (
     MonitoringResult,
     baseline_auc,
@@ -141,6 +139,15 @@ def _read_window(session: Session, model_name: str, version: str, window_from: d
         columns.update(decoded)
     else:
         n_predictions = conn.execute(select(func.count()).select_from(Prediction).where(*in_window)).scalar_one()
+    return {"columns": columns, "n_predictions": int(n_predictions),
+            **_scores_and_labels(session, model_name, version, window_from, window_to, as_of)}
+
+
+def _scores_and_labels(session: Session, model_name: str, version: str, window_from: datetime,
+                       window_to: datetime, as_of: datetime) -> dict[str, np.ndarray]:
+    """The version's (entity_key, score, label matured by `as_of` else NaN) in the window, in insertion order."""
+    in_window = (Prediction.model_name == model_name, Prediction.predicted_at >= window_from,
+                 Prediction.predicted_at < window_to)
     label = case((Outcome.available_at <= as_of, Outcome.label), else_=None)
     stmt = (
         select(Prediction.entity_key, Prediction.score, label)
@@ -149,11 +156,9 @@ def _read_window(session: Session, model_name: str, version: str, window_from: d
         .where(*in_window, Prediction.model_version == version)
         .order_by(Prediction.id)
     )
-    rows = conn.execute(stmt).all()
+    rows = session.connection().execute(stmt).all()
     entity_keys, scores, labels = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
     return {
-        "columns": columns,
-        "n_predictions": int(n_predictions),
         "entity_key": np.asarray(entity_keys, dtype=object),
         "score": np.asarray(scores, dtype=float),
         "label": np.asarray([np.nan if v is None else v for v in labels], dtype=float),
@@ -223,7 +228,11 @@ def run_monitoring(
 
 # ---------------------------------------------------------------------------------- history/chart
 
-CHART_METRICS = ("auc", "log_loss", "ece", "prediction_psi", "max_feature_psi", "max_feature_ks")
+# one panel per entry; a tuple shares a panel (the estimate against the realized AUC, with the
+# estimate's alert threshold; the regression error against its baseline)
+CHART_METRICS: tuple[str | tuple[str, ...], ...] = (
+    ("auc", "estimated_auc", "estimated_auc_threshold"), ("rmse", "baseline_rmse"), "log_loss", "ece",
+    "prediction_psi", "max_feature_psi", "drifted_importance", "out_of_range_share")
 
 
 def monitoring_history(sessions: sessionmaker[Session], model_name: str,
@@ -247,23 +256,72 @@ def monitoring_history(sessions: sessionmaker[Session], model_name: str,
     return out
 
 
+def estimate_history(sessions: sessionmaker[Session], model_name: str, as_of: datetime,
+                     limit: int | None = None) -> list[dict[str, Any]]:
+    """Each stored monitoring run's estimated AUC (made when the run ran, before most labels) against
+    the realized AUC of the same window and version on the labels matured by `as_of`, oldest first.
+
+    `covered`: the realized AUC lies within the reference chunks' spread shifted to the estimate.
+    Plot it with `plot_history(rows, path, ESTIMATE_METRICS)`.
+    """
+    as_of = require_utc(as_of)
+    rows = []
+    for run in monitoring_history(sessions, model_name, limit):
+        if run.get("estimated_auc") is None or not run.get("model_version"):
+            continue
+        with sessions() as session:
+            window = _scores_and_labels(session, model_name, run["model_version"], require_utc(run["window_from"]),
+                                        require_utc(run["window_to"]), as_of)
+        last = ~pd.Series(window["entity_key"]).duplicated(keep="last").to_numpy()
+        perf = score_metrics(window["label"][last], window["score"][last])
+        est = float(run["estimated_auc"])
+        band = [float(v) for k in ("reference_estimated_auc", "estimated_auc_lower", "estimated_auc_upper")
+                if isinstance(v := run.get(k), int | float)]
+        covered = None
+        if perf.auc is not None and len(band) == 3:
+            ref, lo, hi = band
+            covered = est - (ref - lo) <= perf.auc <= est + (hi - ref)
+        rows.append({"window_from": run["window_from"], "window_to": run["window_to"],
+                     "model_version": run["model_version"], "estimated_auc": est,
+                     "estimated_auc_threshold": run.get("estimated_auc_threshold"),
+                     "n_labelled_then": run.get("n_labelled"), "auc_then": run.get("auc"),
+                     "realized_auc": perf.auc, "n_labelled": perf.n, "covered": covered,
+                     "alerts": run.get("alerts", "")})
+    return rows
+
+
+ESTIMATE_METRICS: tuple[tuple[str, ...], ...] = (("realized_auc", "estimated_auc", "estimated_auc_threshold"),
+                                                 ("n_labelled",))
+
+
 def plot_history(history: Sequence[Mapping[str, Any]], path: Path,
-                 metrics: Sequence[str] = CHART_METRICS, title: str = "monitoring") -> Path:
-    """PNG with one panel per metric over window end time; windows with alerts are marked in red."""
+                 metrics: Sequence[str | tuple[str, ...]] = CHART_METRICS, title: str = "monitoring") -> Path:
+    """PNG with one panel per metric (or group of metrics drawn together) over window end time;
+    windows with alerts are marked in red on the panel's first metric."""
     from matplotlib.figure import Figure  # the OO API renders with Agg and keeps no global state
 
-    shown = [m for m in metrics if any(h.get(m) is not None for h in history)] or list(metrics[:1])
+    groups = [(m,) if isinstance(m, str) else tuple(m) for m in metrics]
+    shown = [g for g in groups if any(h.get(m) is not None for h in history for m in g)] or groups[:1]
     fig = Figure(figsize=(9, 1.9 * len(shown) + 0.6), layout="constrained")
     axes = fig.subplots(len(shown), 1, sharex=True, squeeze=False)[:, 0]
     times = [h["window_to"] for h in history]
-    for ax, metric in zip(axes, shown, strict=True):
-        values = [np.nan if h.get(metric) is None else float(h[metric]) for h in history]
-        ax.plot(times, values, marker="o", markersize=3, linewidth=1.2)
-        flagged = [(t, v) for t, v, h in zip(times, values, history, strict=True) if h.get("alerts")]
-        if flagged:
-            ax.scatter([t for t, _ in flagged], [v for _, v in flagged], color="red", zorder=3, s=18,
-                       label="alert")
-        ax.set_ylabel(metric)
+    for ax, group in zip(axes, shown, strict=True):
+        for n, metric in enumerate(group):
+            values = [np.nan if h.get(metric) is None else float(h[metric]) for h in history]
+            if n and all(np.isnan(values)):
+                continue
+            dashed = metric.endswith(("_threshold", "baseline_rmse"))
+            ax.plot(times, values, marker="" if dashed else "o", markersize=3, linewidth=1.2,
+                    linestyle="--" if dashed else "-", label=metric)
+            if n == 0:
+                flagged = [(t, v) for t, v, h in zip(times, values, history, strict=True) if h.get("alerts")]
+                if flagged:
+                    ax.scatter([t for t, _ in flagged], [v for _, v in flagged], color="red", zorder=3, s=18,
+                               label="alert")
+        ax.set_ylabel(group[0] if len(group) == 1 else " / ".join(m.replace("estimated_", "est. ") for m in group[:2]),
+                      fontsize=8)
+        if len(group) > 1:
+            ax.legend(loc="best", fontsize=7)
         ax.grid(alpha=0.3)
     axes[0].set_title(title)
     path.parent.mkdir(parents=True, exist_ok=True)

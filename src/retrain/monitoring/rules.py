@@ -1,11 +1,31 @@
 """Alert rules and the pure monitoring passes (no database): results, rules, in-memory windows.
 
-Rules (`evaluate_rules`, thresholds in `Settings.monitor_*`):
-- data_drift: at least `monitor_drift_min_features` features with PSI >= `monitor_psi_threshold`
-  or (numeric) KS >= `monitor_ks_threshold`, when the window has >= `monitor_min_predictions` rows;
-- prediction_drift: PSI of the champion's scores >= `monitor_prediction_psi_threshold`, same minimum;
-- performance_decay: with >= `monitor_min_labels` matured labels, AUC < champion baseline -
-  `monitor_auc_drop`, or AUC < `monitor_auc_floor`, or ECE > `monitor_ece_threshold`.
+Rules (`evaluate_rules`, thresholds in `Settings.monitor_*`), in the order the design prefers them:
+- performance_decay: with >= `monitor_min_labels` matured labels, AUC < the expected AUC -
+  `monitor_auc_drop`, or AUC < `monitor_auc_floor`, or ECE > `monitor_ece_threshold`
+  (regression: RMSE > baseline x (1 + `monitor_rmse_increase`)). The expected AUC
+  (`monitor_decay_baseline`) is by default the one the window's own calibrated scores lead to
+  expect: falling short of it means the labels no longer follow the scores as they did (what a
+  retrain fixes), while a harder case mix lowers both; without a calibrator, or with
+  "validation", it is the champion's validation AUC (a week of rows: a lucky week set it high);
+- estimated_decay: (binary) while matured labels are fewer than `monitor_min_labels` (or always,
+  with `monitor_estimate_with_labels`: the estimate estimates what the labels realize) and the
+  window holds >= `monitor_min_predictions` scores, the AUC estimated from the calibrated scores
+  (`core.estimate`) below the lower of the band its reference chunks span and the reference
+  estimate - `monitor_auc_drop` (a drop inside the band is noise, a drop smaller than the margin
+  does not pay for a retrain); (both objectives, labels or not) the gain-weighted share of the
+  window's inputs outside the training range >= `monitor_out_of_range_share`: extrapolation;
+- data_drift: features whose PSI or KS pass their threshold (learned from the reference's chunks:
+  the `monitor_reference_quantile` of the chunks' statistic, floored at `monitor_psi_threshold` /
+  `monitor_ks_threshold`; the fixed values for profiles without learned ones), at least
+  `monitor_drift_min_features` of them carrying >= `monitor_drift_importance_share` of the
+  champion's gain importance, when the window has >= `monitor_min_predictions` rows;
+- prediction_drift: PSI of the champion's scores >= its learned threshold (floored at
+  `monitor_prediction_psi_threshold`), same minimum.
+With `monitor_drift_requires_performance` (default) the two drift rules fire only when one of the
+performance rules fired too: drift names what moved, it does not start a retrain by itself.
+Learned thresholds and the estimate's band apply to windows within a factor 2 of the length they
+were learned for; other windows (and profiles from before them) use the fixed settings.
 All alerts of one window share one dedupe key (`monitor_dedupe_policy`), so one monitoring pass
 can start at most one retrain. `monitor_frame` is the backtest's entry point; `retrain.monitoring.monitor`
 re-exports everything here.
@@ -22,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.core.config import Settings
+from retrain.core.estimate import EstimatedPerformance, estimate_performance, out_of_range_share
 from retrain.core.events import AlertKind, AlertPayload
 from retrain.core.stats import (
     ErrorPerformance,
@@ -88,6 +109,16 @@ class MonitoringResult:
     alerts: list[AlertSpec] = field(default_factory=list)
     error: ErrorPerformance | None = None  # regression: error on matured labels
     baseline_rmse: float | None = None
+    # label-free: the estimate from calibrated scores (binary), its reference band, extrapolation
+    estimated: EstimatedPerformance | None = None
+    reference_estimate: float | None = None  # the estimated AUC of the reference (validation) rows
+    estimate_lower: float | None = None  # band of the estimate over reference chunks of the window's size
+    estimate_upper: float | None = None
+    out_of_range: float | None = None  # gain-weighted share of inputs outside the training range
+    # set by the pass from the rules: thresholds judged against, drifted importance, held-back drift
+    estimate_threshold: float | None = None
+    drifted_importance: float | None = None
+    notes: list[str] = field(default_factory=list)
     run_id: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -111,7 +142,28 @@ class MonitoringResult:
             "rmse": self.error.rmse if self.error else None,
             "mae": self.error.mae if self.error else None,
             "baseline_rmse": self.baseline_rmse,
+            "estimated_auc": self.estimated.auc if self.estimated else None,
+            "estimated_auc_threshold": self.estimate_threshold,
+            "estimated_auc_lower": self.estimate_lower,
+            "estimated_auc_upper": self.estimate_upper,
+            "reference_estimated_auc": self.reference_estimate,
+            "estimated_accuracy": self.estimated.accuracy if self.estimated else None,
+            "estimated_positive_rate": self.estimated.positive_rate if self.estimated else None,
+            "out_of_range_share": self.out_of_range,
+            "drifted_importance": self.drifted_importance,
         })
+
+    def estimate_covers_realized(self) -> bool | None:
+        """Whether the realized AUC lies within the reference chunks' spread around the estimate
+        (band shifted to the estimate); None until both and the band are known."""
+        est = self.estimated.auc if self.estimated else None
+        real = self.performance.auc if self.performance else None
+        if None in (est, real, self.reference_estimate, self.estimate_lower, self.estimate_upper):
+            return None
+        assert est is not None and real is not None and self.reference_estimate is not None
+        assert self.estimate_lower is not None and self.estimate_upper is not None
+        return (est - (self.reference_estimate - self.estimate_lower) <= real
+                <= est + (self.estimate_upper - self.reference_estimate))
 
     def metrics_json(self) -> dict[str, Any]:
         """The JSON stored in `monitoring_runs.metrics`."""
@@ -123,6 +175,8 @@ class MonitoringResult:
             "prediction": asdict(self.prediction) if self.prediction else None,
             "performance": asdict(self.performance) if self.performance else None,
             "error": asdict(self.error) if self.error else None,
+            "estimated": asdict(self.estimated) if self.estimated else None,
+            "notes": self.notes,
             "seconds": self.seconds,
         })
 
@@ -142,43 +196,62 @@ def dedupe_key(settings: Settings, model_name: str, model_version: str | None,
     return f"{base}:p{int(require_utc(window_to).timestamp() // period)}"
 
 
-def evaluate_rules(result: MonitoringResult, settings: Settings) -> list[AlertSpec]:
-    """The alerts the settings' rules raise for `result` (pure; at most one per kind)."""
+def drift_limits(drift: FeatureDrift, settings: Settings, *, scores: bool = False) -> tuple[float, float | None]:
+    """PSI and KS thresholds of a feature (`scores`: of the scores, PSI only): the reference chunks'
+    learned quantile when the profile has one, never below the fixed setting."""
+    if scores:
+        return max(drift.psi_learned or 0.0, settings.monitor_prediction_psi_threshold), None
+    return (max(drift.psi_learned or 0.0, settings.monitor_psi_threshold),
+            max(drift.ks_learned or 0.0, settings.monitor_ks_threshold))
+
+
+def estimate_threshold(result: MonitoringResult, settings: Settings) -> float | None:
+    """The estimated AUC below which estimated_decay fires: the lower of the reference chunks' band
+    and the reference estimate - `monitor_auc_drop` (the realized baseline when the profile has no
+    reference estimate)."""
+    reference = result.reference_estimate if result.reference_estimate is not None else result.baseline_auc
+    if reference is None:
+        return None
+    limit = reference - settings.monitor_auc_drop
+    return min(limit, result.estimate_lower) if result.estimate_lower is not None else limit
+
+
+@dataclass
+class Verdict:
+    """What the rules decided for one window, and why (the alerts plus what was held back)."""
+
+    alerts: list[AlertSpec]
+    drifted: dict[str, tuple[float, str, float, float]]  # feature -> (excess ratio, metric, value, threshold)
+    drifted_importance: float | None
+    estimate_threshold: float | None
+    notes: list[str]
+
+
+def judge(result: MonitoringResult, settings: Settings) -> Verdict:
+    """Apply the rules to `result` (pure): alerts, drifted features, thresholds used, notes."""
     key = dedupe_key(settings, result.model_name, result.model_version, result.window_from, result.window_to)
 
     def spec(kind: AlertKind, metric: str, value: float, threshold: float, reason: str) -> AlertSpec:
         return AlertSpec(kind, metric, float(value), float(threshold), reason, key, result.window_from,
                          result.window_to, result.model_name)
 
-    alerts: list[AlertSpec] = []
-    if result.n_predictions >= settings.monitor_min_predictions:
-        hits: list[tuple[float, str, float, float]] = []  # (excess ratio, metric, value, threshold)
-        for name, drift in result.features.items():
-            if name in settings.monitor_ignore_features:
-                continue
-            if drift.psi is not None and drift.psi >= settings.monitor_psi_threshold:
-                t = settings.monitor_psi_threshold
-                hits.append((drift.psi / t, f"psi:{name}", drift.psi, t))
-            elif drift.ks is not None and drift.ks >= settings.monitor_ks_threshold:
-                t = settings.monitor_ks_threshold
-                hits.append((drift.ks / t, f"ks:{name}", drift.ks, t))
-        if len(hits) >= settings.monitor_drift_min_features:
-            hits.sort(reverse=True)
-            listed = ", ".join(f"{m}={v:.3f}" for _, m, v, _ in hits)
-            _, metric, value, threshold = hits[0]
-            alerts.append(spec("data_drift", metric, value, threshold,
-                               f"{len(hits)} drifted feature(s) over {result.n_predictions} predictions: "
-                               f"{listed}"))
-    pred = result.prediction
-    if (pred is not None and pred.psi is not None and result.n_scored >= settings.monitor_min_predictions
-            and pred.psi >= settings.monitor_prediction_psi_threshold):
-        alerts.append(spec("prediction_drift", "psi:score", pred.psi, settings.monitor_prediction_psi_threshold,
-                           f"score PSI {pred.psi:.3f} over {result.n_scored} predictions "
-                           f"(mean score {pred.mean or 0:.3f} vs reference {pred.ref_mean or 0:.3f})"))
+    notes: list[str] = []
+    performance: list[AlertSpec] = []
     perf = result.performance
+    err = result.error
+    labels_judge = ((perf is not None and result.n_labelled >= settings.monitor_min_labels)
+                    or (err is not None and err.n >= settings.monitor_min_labels))
+    # --- realized decay on matured labels
     if perf is not None and result.n_labelled >= settings.monitor_min_labels:
         decay: list[tuple[str, float, float, str]] = []
-        if perf.auc is not None and result.baseline_auc is not None:
+        expected = result.estimated.auc if result.estimated is not None else None
+        if settings.monitor_decay_baseline == "estimate" and perf.auc is not None and expected is not None:
+            limit = expected - settings.monitor_auc_drop
+            if perf.auc < limit:
+                decay.append(("auc", perf.auc, limit,
+                              f"AUC {perf.auc:.3f} < {expected:.3f} expected from the window's calibrated scores "
+                              f"- {settings.monitor_auc_drop:.3f} (baseline {result.baseline_auc or 0:.3f})"))
+        elif perf.auc is not None and result.baseline_auc is not None:
             limit = result.baseline_auc - settings.monitor_auc_drop
             if perf.auc < limit:
                 decay.append(("auc", perf.auc, limit,
@@ -195,17 +268,88 @@ def evaluate_rules(result: MonitoringResult, settings: Settings) -> list[AlertSp
         if decay:
             metric, value, threshold, _ = decay[0]
             reason = "; ".join(d[3] for d in decay) + f" on {result.n_labelled} matured labels"
-            alerts.append(spec("performance_decay", metric, value, threshold, reason))
-    err = result.error
+            performance.append(spec("performance_decay", metric, value, threshold, reason))
     if (err is not None and err.rmse is not None and result.baseline_rmse is not None
             and err.n >= settings.monitor_min_labels):
         limit = result.baseline_rmse * (1.0 + settings.monitor_rmse_increase)
         if err.rmse > limit:
-            alerts.append(spec("performance_decay", "rmse", err.rmse, limit,
-                               f"RMSE {err.rmse:.4g} > baseline {result.baseline_rmse:.4g} x "
-                               f"(1 + {settings.monitor_rmse_increase:g}) on {err.n} matured labels (mean "
-                               f"predicted {err.mean_predicted or 0:.4g} vs observed {err.observed_mean or 0:.4g})"))
-    return alerts
+            performance.append(spec(
+                "performance_decay", "rmse", err.rmse, limit,
+                f"RMSE {err.rmse:.4g} > baseline {result.baseline_rmse:.4g} x (1 + {settings.monitor_rmse_increase:g}) "
+                f"on {err.n} matured labels (mean predicted {err.mean_predicted or 0:.4g} vs observed "
+                f"{err.observed_mean or 0:.4g})"))
+    # --- label-free estimate, while labels are too few to judge (or always, if the settings say so)
+    est_limit = estimate_threshold(result, settings)
+    if result.n_scored >= settings.monitor_min_predictions and (
+            not labels_judge or settings.monitor_estimate_with_labels):
+        est = result.estimated
+        if est is not None and est.auc is not None and est_limit is not None and est.auc < est_limit:
+            performance.append(spec(
+                "estimated_decay", "estimated_auc", est.auc, est_limit,
+                f"estimated AUC {est.auc:.3f} (calibrated scores of {est.n} rows) < {est_limit:.3f}: "
+                f"reference estimate {result.reference_estimate or 0:.3f}, its chunks' band "
+                f"[{result.estimate_lower or 0:.3f}, {result.estimate_upper or 0:.3f}], margin "
+                f"{settings.monitor_auc_drop:.3f}; {result.n_labelled} matured labels"))
+    # --- extrapolation: with or without labels (those of this window cannot rule out the next one's)
+    oor = result.out_of_range
+    if (oor is not None and result.n_predictions >= settings.monitor_min_predictions
+            and oor >= settings.monitor_out_of_range_share):
+        performance.append(spec(
+            "estimated_decay", "out_of_range", oor, settings.monitor_out_of_range_share,
+            f"{oor:.1%} of the window's inputs (weighted by gain importance) lie outside the training range "
+            f">= {settings.monitor_out_of_range_share:.1%}: the trees answer them with their edge leaves; "
+            f"{result.n_labelled} matured labels"))
+    performance = [a for i, a in enumerate(performance) if a.kind not in {b.kind for b in performance[:i]}]
+    moved = "; ".join(f"{a.kind} {a.metric}={a.value:.4g}" for a in performance)
+    # --- drift, judged against learned thresholds and weighted by importance
+    drift_alerts: list[AlertSpec] = []
+    drifted: dict[str, tuple[float, str, float, float]] = {}
+    share: float | None = None
+    if result.n_predictions >= settings.monitor_min_predictions:
+        for name, drift in result.features.items():
+            if name in settings.monitor_ignore_features:
+                continue
+            psi_t, ks_t = drift_limits(drift, settings)
+            if drift.psi is not None and drift.psi >= psi_t:
+                drifted[name] = (drift.psi / psi_t, f"psi:{name}", drift.psi, psi_t)
+            elif drift.ks is not None and ks_t is not None and drift.ks >= ks_t:
+                drifted[name] = (drift.ks / ks_t, f"ks:{name}", drift.ks, ks_t)
+        weights = [d.importance for d in result.features.values() if d.importance is not None]
+        if weights:
+            share = sum(result.features[n].importance or 0.0 for n in drifted)
+        enough = len(drifted) >= settings.monitor_drift_min_features and (
+            share is None or share >= settings.monitor_drift_importance_share)
+        if drifted and not enough:
+            notes.append(f"data drift in {len(drifted)} feature(s) carrying {share or 0:.1%} of the importance: "
+                         f"below {settings.monitor_drift_importance_share:.0%} (or fewer than "
+                         f"{settings.monitor_drift_min_features} features), no alert")
+        if enough:
+            hits = sorted(drifted.values(), reverse=True)
+            listed = ", ".join(f"{m}={v:.3f} (>= {t:.3f})" for _, m, v, t in hits)
+            _, metric, value, threshold = hits[0]
+            weight = "" if share is None else f" carrying {share:.0%} of the model's gain importance"
+            drift_alerts.append(spec("data_drift", metric, value, threshold,
+                                     f"{len(hits)} drifted feature(s){weight} over {result.n_predictions} "
+                                     f"predictions: {listed}" + (f"; performance moved: {moved}" if moved else "")))
+    pred = result.prediction
+    if pred is not None and pred.psi is not None and result.n_scored >= settings.monitor_min_predictions:
+        psi_t, _ = drift_limits(pred, settings, scores=True)
+        if pred.psi >= psi_t:
+            drift_alerts.append(spec(
+                "prediction_drift", "psi:score", pred.psi, psi_t,
+                f"score PSI {pred.psi:.3f} >= {psi_t:.3f} over {result.n_scored} predictions (mean score "
+                f"{pred.mean or 0:.3f} vs reference {pred.ref_mean or 0:.3f})"
+                + (f"; performance moved: {moved}" if moved else "")))
+    if drift_alerts and settings.monitor_drift_requires_performance and not performance:
+        notes.append("drift held back: " + ", ".join(f"{a.kind} {a.metric}={a.value:.3f}" for a in drift_alerts)
+                     + " while performance did not move (monitor_drift_requires_performance)")
+        drift_alerts = []
+    return Verdict(performance + drift_alerts, drifted, share, est_limit, notes)
+
+
+def evaluate_rules(result: MonitoringResult, settings: Settings) -> list[AlertSpec]:
+    """The alerts the settings' rules raise for `result` (pure; at most one per kind)."""
+    return judge(result, settings).alerts
 
 
 # ------------------------------------------------------------------------------- pure passes
@@ -257,6 +401,17 @@ def monitor_arrays(
     error = error_metrics(label_arr, score_arr) if regression else None
     ref_rmse = (profile.get("error") or {}).get("rmse")
     n_pred = n_predictions if n_predictions is not None else max((d.n for d in drifts.values()), default=0)
+    window_days = (require_utc(window_to) - require_utc(window_from)).total_seconds() / 86_400
+    learned = _learned(profile, window_days)
+    importance: Mapping[str, float] = profile.get("importance") or {}
+    learned_features: Mapping[str, Any] = (learned.get("drift_thresholds") or {}).get("features") or {}
+    for name, drift in drifts.items():
+        limits = learned_features.get(name) or {}
+        drift.psi_learned, drift.ks_learned = limits.get("psi"), limits.get("ks")
+        drift.importance = float(importance[name]) if name in importance else None
+    band = learned.get("estimate_band") or {}
+    if prediction is not None:
+        prediction.psi_learned = ((learned.get("drift_thresholds") or {}).get("score") or {}).get("psi")
     result = MonitoringResult(
         model_name=model_name, model_version=model_version, window_from=require_utc(window_from),
         window_to=require_utc(window_to), as_of=require_utc(as_of), n_predictions=int(n_pred),
@@ -264,9 +419,33 @@ def monitor_arrays(
         prediction=prediction, performance=perf,
         baseline_auc=None if regression else (baseline if baseline is not None else baseline_auc(profile)),
         error=error, baseline_rmse=float(ref_rmse) if isinstance(ref_rmse, int | float) else None,
+        estimated=None if regression else estimate_performance(profile, score_arr, settings.decision_threshold),
+        reference_estimate=band.get("reference"), estimate_lower=band.get("lower"),
+        estimate_upper=band.get("upper"),
+        out_of_range=out_of_range_share(profile, columns, settings.monitor_ignore_features),
     )
-    result.alerts = evaluate_rules(result, settings)
+    verdict = judge(result, settings)
+    result.alerts, result.notes = verdict.alerts, verdict.notes
+    result.estimate_threshold, result.drifted_importance = verdict.estimate_threshold, verdict.drifted_importance
+    for name, drift in drifts.items():
+        drift.psi_threshold, drift.ks_threshold = drift_limits(drift, settings)
+        drift.drifted = name in verdict.drifted
+    if prediction is not None:
+        prediction.psi_threshold = drift_limits(prediction, settings, scores=True)[0]
+        prediction.drifted = prediction.psi is not None and prediction.psi >= prediction.psi_threshold
     return result
+
+
+def _learned(profile: Mapping[str, Any], window_days: float) -> dict[str, Any]:
+    """The profile's learned thresholds and estimate band, when they were learned on chunks of about
+    this window's length (within a factor 2); else none (the fixed settings apply)."""
+    out: dict[str, Any] = {}
+    for key in ("drift_thresholds", "estimate_band"):
+        entry = profile.get(key) or {}
+        days = entry.get("window_days")
+        if isinstance(days, int | float) and days > 0 and 0.5 <= window_days / days <= 2.0:
+            out[key] = entry
+    return out
 
 
 def matured_labels(predictions: pd.DataFrame, outcomes: pd.DataFrame, as_of: datetime) -> pd.DataFrame:

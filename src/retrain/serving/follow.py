@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -215,6 +215,8 @@ class ModelFollower:
         self.on_failure = on_failure
         self.champion: LoadedModel | None = None
         self.challenger: LoadedModel | None = None
+        self.previous: LoadedModel | None = None  # the champion a promotion replaced, scored in shadow for a while
+        self.previous_until: datetime | None = None
         self.registry: dict[str, AliasTarget] = {}
         self.last_error: str | None = None
         self.last_checked: datetime | None = None
@@ -228,9 +230,19 @@ class ModelFollower:
         return load_model(target, self.resolve_path(target.bento_model_tag), self.served,
                           self.settings.feature_service)
 
+    def guarded(self) -> LoadedModel | None:
+        """The previous champion while its guardrail window runs (`guardrail_hours` after the promotion)."""
+        previous, until = self.previous, self.previous_until
+        if previous is None or until is None or utcnow() >= until:
+            return None
+        return previous
+
     def install(self, alias: str, model: LoadedModel | None) -> None:
         """Publish a model (one reference assignment: requests see the old or the new one, whole)."""
         if alias == CHAMPION:
+            old = self.champion
+            if old is not None and model is not None and old.target.key != model.target.key:
+                self._guard(old, model)
             self.champion = model
         else:
             self.challenger = model
@@ -239,6 +251,44 @@ class ModelFollower:
                      os.getpid())
             if self.on_swap:
                 self.on_swap(alias, model)
+
+    def _guard(self, old: LoadedModel, new: LoadedModel) -> None:
+        """Keep the replaced champion for shadow scoring during the new one's guardrail window."""
+        hours = self.settings.guardrail_hours
+        start = new.target.promoted_at or utcnow()
+        if hours <= 0:
+            self.previous = self.previous_until = None
+            return
+        self.previous, self.previous_until = old, start + timedelta(hours=hours)
+        log.info("guardrail: %s scored in shadow beside %s until %s", old.version, new.version,
+                 self.previous_until.isoformat())
+
+    def _follow_previous(self, targets: dict[str, AliasTarget]) -> None:
+        """A worker started after a promotion loads the replaced champion itself (once per promotion)."""
+        champion = targets.get(CHAMPION)
+        if (self.settings.guardrail_hours <= 0 or champion is None or self.champion is None
+                or self.champion.target.key != champion.key or self.sessions is None):
+            return
+        if self.previous is not None and self.previous_until is not None:
+            return
+        from retrain.models.registry import replaced_champion
+
+        pair = replaced_champion(self.sessions, self.settings.model_name, utcnow(), self.settings.guardrail_hours)
+        if pair is None or pair[0].version != champion.version:
+            self.previous_until = utcnow()  # nothing to guard: do not ask again for this champion
+            self.previous = None
+            return
+        _new, old, promoted_at = pair
+        target = AliasTarget(alias="previous", version_id=old.id, version=old.version,
+                             bento_model_tag=old.bento_model_tag, model_checksum=old.model_checksum,
+                             feature_service=old.feature_service, train_from=old.train_from, train_to=old.train_to,
+                             promoted_at=None, generation=None)
+        try:
+            self.previous = self.load(target)
+        except Exception as exc:
+            log.warning("guardrail: could not load the previous champion %s: %s", old.version, exc)
+            self.previous = None
+        self.previous_until = promoted_at + timedelta(hours=self.settings.guardrail_hours)
 
     def _fail(self, alias: str, target: AliasTarget, exc: BaseException) -> None:
         key = (alias, target.key)
@@ -308,6 +358,10 @@ class ModelFollower:
             self.last_checked = utcnow()
             self._follow(CHAMPION, targets.get(CHAMPION))
             self._follow(CHALLENGER, targets.get(CHALLENGER))
+            try:
+                self._follow_previous(targets)
+            except Exception as exc:  # the guardrail's shadow must never stop the champion follow
+                log.warning("guardrail: previous champion not followed: %s", str(exc).splitlines()[0][:300])
             return True
 
     async def run(self, stop: asyncio.Event, interval: float, also: Callable[[], None] | None = None) -> None:

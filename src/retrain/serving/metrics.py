@@ -39,12 +39,15 @@ class ServingMetrics:
     log_dropped: Any  # Counter: rows that could be neither buffered nor spilled (lost)
     swaps: Any  # Counter{alias}
     swap_failures: Any  # Counter{alias}
+    rows_stale: Any  # Counter: rows scored while some feature view was stale
+    view_stale: Any  # Gauge{view}: 1 while the view is stale (max over workers)
+    view_age: Any  # Gauge{view}: hours since the view's newest online row (max over workers)
 
 
 @lru_cache(maxsize=1)
 def serving_metrics() -> ServingMetrics:
     """The process's metrics, created on first use (after BentoML set up multiprocess mode)."""
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     return ServingMetrics(
         request_latency=Histogram("retrain_predict_latency_seconds", "Latency of /predict requests.",
@@ -72,4 +75,10 @@ def serving_metrics() -> ServingMetrics:
                             "Prediction-log rows lost: buffer full and the overflow could not be spilled."),
         swaps=Counter("retrain_model_swaps", "Models swapped in, by alias.", ["alias"]),
         swap_failures=Counter("retrain_model_swap_failures", "Models that failed to load or warm up.", ["alias"]),
+        rows_stale=Counter("retrain_rows_with_stale_features",
+                           "Rows scored while at least one feature view was stale (retrain.features.freshness)."),
+        view_stale=Gauge("retrain_feature_view_stale", "1 while a feature view's newest online row is older than "
+                         "its cadence allows.", ["view"], multiprocess_mode="max"),
+        view_age=Gauge("retrain_feature_view_age_hours", "Hours since a feature view's newest online row.",
+                       ["view"], multiprocess_mode="max"),
     )

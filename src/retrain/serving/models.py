@@ -4,6 +4,7 @@ of every error answer."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
@@ -56,6 +57,10 @@ class ModelInfo(BaseModel):
     clock: str = Field(default="real", description="The time this worker stamps predictions with: `real` "
                        "(wall-clock UTC) or the simulated present (ISO 8601) of a replay (setting "
                        "simulated_clock, off unless a demo turned it on).")
+    stale_features: list[str] = Field(default_factory=list, description="Feature views whose newest online row "
+                                      "is older than their cadence allows (checked every serve_freshness_seconds).")
+    features: list[dict[str, Any]] = Field(default_factory=list, description="Each feature view's freshness: "
+                                           "newest online row, cadence, age, limit, stale and why.")
 
 
 

@@ -55,13 +55,18 @@ class PinnedModel:
 
 
 def _emitter(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
-    """Emit through retrain.core.events (which refuses, with a warning, when no Prefect API is set)."""
+    """Post events to Prefect's HTTP API (`PREFECT_API_URL`, with the basic auth of the settings): a bento
+    image does not ship Prefect itself. Without an API URL the event is logged as not sent."""
 
     def emit(event: str, payload: dict[str, Any]) -> None:
-        from retrain.core.events import emit as emit_event
-        from retrain.core.events import model_resource
+        from retrain.core.events import build_event, model_resource, post_events_http
 
-        emit_event(event, model_resource(settings.model_name), payload, settings)
+        api_url = os.environ.get("PREFECT_API_URL")
+        if not api_url:
+            log.warning("event %s not sent: PREFECT_API_URL is not set", event)
+            return
+        post_events_http(api_url, [build_event(event, model_resource(settings.model_name), payload)],
+                         auth_string=settings.prefect_auth_value)
 
     return emit
 
@@ -155,6 +160,9 @@ class ServingRuntime:
             retry_seconds=settings.serve_log_retry_seconds, max_rows=settings.serve_log_max_rows,
             max_buffer_rows=settings.serve_log_buffer_rows, enrich=self._shadow, counters=_counters(),
         )
+        self.freshness: list[dict[str, Any]] = []  # each view's freshness at the last check
+        self.stale_views: tuple[str, ...] = ()
+        self._freshness_at = -float("inf")  # monotonic time of the last check
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # request ids: a random per-process prefix + a counter (os.urandom per request cost 0.4 ms here)
@@ -227,6 +235,7 @@ class ServingRuntime:
         """Open stores, load the first model, start the follow and log tasks (BentoML on_startup)."""
         self.settings.export_env()
         await asyncio.to_thread(self.open_features)
+        await asyncio.to_thread(self.check_freshness)
         if self.pinned is not None:
             await asyncio.to_thread(self._load_pinned)
         if self.follow:
@@ -236,10 +245,35 @@ class ServingRuntime:
         gc.collect()
         gc.freeze()  # Feast, pandas and the boosters live for the whole process: keep them out of GC scans
 
+    def check_freshness(self) -> None:
+        """Each feature view's freshness (`retrain.features.freshness`) into `/model` and the metrics; a
+        failure is logged and leaves the last answer in place."""
+        if self.store is None:
+            return
+        from retrain.features.freshness import check_freshness
+
+        self._freshness_at = time.monotonic()
+        try:
+            views = check_freshness(self.store, self.settings, clock.now(self.settings))
+        except Exception as exc:
+            log.warning("feature freshness not checked: %s", str(exc).splitlines()[0][:300] if str(exc) else exc)
+            return
+        self.freshness = [v.as_json() for v in views]
+        stale = tuple(v.view for v in views if v.stale)
+        if stale and stale != self.stale_views:
+            log.warning("stale feature views: %s", "; ".join(f"{v.view}: {v.reason}" for v in views if v.stale))
+        self.stale_views = stale
+        for v in views:
+            self.metrics.view_stale.labels(v.view).set(1.0 if v.stale else 0.0)
+            if v.age_hours is not None:
+                self.metrics.view_age.labels(v.view).set(v.age_hours)
+
     async def _poll_loop(self) -> None:
         def also() -> None:
             if self.feature_service is None:
                 self.open_features()
+            if time.monotonic() - self._freshness_at >= self.settings.serve_freshness_seconds:
+                self.check_freshness()
 
         if self.follow:
             await self.follower.run(self._stop, self.settings.serve_follow_seconds, also=also)
@@ -267,6 +301,8 @@ class ServingRuntime:
         n_rows = int(missing_mask.shape[0])
         n_missing = int(missing_mask.sum())
         m.predictions.labels(version).inc(n_rows)
+        if self.stale_views:
+            m.rows_stale.inc(n_rows)
         m.feature_values.inc(missing_mask.size)
         if n_missing:
             m.feature_values_missing.inc(n_missing)
@@ -280,7 +316,8 @@ class ServingRuntime:
 
     def _shadow(self, batches: list[LogBatch]) -> None:
         """Score the challenger on the logged feature rows (runs in the log's flusher thread)."""
-        challenger = self.follower.challenger
+        # the challenger an evaluation shadows, else the champion a promotion replaced (its guardrail window)
+        challenger = self.follower.challenger or self.follower.guarded()
         if challenger is None:
             return
         todo = [b for b in batches if b.matrix is not None and len(b.rows)]
@@ -308,7 +345,8 @@ class ServingRuntime:
             registry_challenger=reg_chall.version if reg_chall else None,
             in_sync=in_sync, last_error=f.last_error or self._store_error,
             follow_seconds=self.settings.serve_follow_seconds if self.follow else None,
-            pinned=self.pinned is not None, worker_pid=os.getpid(), clock=_clock_label())
+            pinned=self.pinned is not None, worker_pid=os.getpid(), clock=_clock_label(),
+            stale_features=list(self.stale_views), features=self.freshness)
 
 
 def _clock_label() -> str:
