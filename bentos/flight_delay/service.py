@@ -10,12 +10,14 @@ serves that model (add `--arg follow=true` to still follow the registry from it)
 Endpoints: `POST /predict`, `GET /model`, `POST /alerts/alertmanager`, `/livez` `/readyz` `/healthz`,
 `/metrics`, docs at `/` and `/docs.json`, which documents every status a route answers; every error
 answer is `{"error": ..., "detail": [...]}` (`retrain.serving.models.ErrorBody`). With `RETRAIN_API_KEY`
-set, all but the health probes need the key.
+set, all but the health probes need the key. A `/predict` answer names the worker that scored it in the
+`x-retrain-worker` header (its pid, as `worker_pid` in `GET /model`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class BuildArgs(BaseModel):
 
 
 args = bentoml.use_arguments(BuildArgs)
+WORKER_HEADER = "x-retrain-worker"  # the pid of the worker that answered a `/predict`
 extra_routes = FastAPI(title="flight_delay extras", docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -79,11 +82,13 @@ class FlightDelay:
         return self.runtime.ready
 
     @bentoml.api(route="/predict", input_spec=PredictRequest, output_spec=PredictResponse)
-    async def predict(self, flights: list[FlightIn]) -> PredictResponse | Response:
+    async def predict(self, flights: list[FlightIn], ctx: bentoml.Context) -> PredictResponse | Response:
         """Score flights: online features through flight_delay_v1, the champion model, a logged answer."""
+        ctx.response.headers[WORKER_HEADER] = str(os.getpid())
         try:
             return await self.runtime.predict(flights)
         except NotReadyError as exc:
+            ctx.response.status_code = 503  # BentoML answers a returned Response with the context's status
             return error_response(503, str(exc))
 
     @extra_routes.post("/alerts/alertmanager", response_model=IntakeAnswer)
