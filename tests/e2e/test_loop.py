@@ -471,3 +471,41 @@ def test_monitor_flow_raises_the_alert_that_starts_a_retrain(loop: Loop, first_r
     [alert] = loop.alerts_of([str(run.id)])
     assert alert.source == "monitor" and alert.outcome == "run", (alert.outcome, alert.detail)
     assert alert.detail and alert.detail.startswith("trained ")
+
+
+def test_a_retrain_killed_during_training_is_recorded_and_the_next_alert_retrains(loop: Loop) -> None:
+    """`kill -9` of the flow-run process while it trains: Prefect marks the run Crashed, the champion keeps
+    serving, the ledger row ends "crashed" (not stuck as running), and the next alert with the same key
+    retrains."""
+    import signal
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    champion = loop.champion_version()
+    key = f"e2e-kill-{uuid.uuid4().hex[:8]}"
+    eid = loop.post("manual", {"reason": "e2e: killed while training", "dedupe_key": key, "source": "tests"})
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:  # the run is up and its training task is running
+        runs = [r for r in loop.retrain_runs() if (r.parameters or {}).get("event_id") == eid]
+        if runs and runs[0].state is not None and runs[0].state.is_running() and runs[0].infrastructure_pid:
+            tasks = loop.client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[0].id])))
+            if any(t.name.startswith("train_task") and t.state is not None and t.state.is_running() for t in tasks):
+                break
+        assert time.monotonic() < deadline, f"the retrain never reached training\n{loop.log_tail('prefect-worker')}"
+        time.sleep(0.2)
+    run = runs[0]
+    os.kill(int(str(run.infrastructure_pid).rsplit(":", 1)[-1]), signal.SIGKILL)
+    while not (state := loop.client.read_flow_run(run.id).state) or not state.is_final():
+        assert time.monotonic() < deadline, f"the killed run never ended\n{loop.log_tail('prefect-worker')}"
+        time.sleep(0.5)
+    assert state.is_crashed(), f"{state.type}: {state.message}"
+    assert loop.champion_version() == champion  # promotion only happens inside a passing evaluation
+
+    eid2 = loop.post("manual", {"reason": "e2e: after the crash", "dedupe_key": key, "source": "tests"})
+    [run2] = loop.wait_runs([eid2])[eid2]
+    assert run2.state.is_completed(), f"{run2.state.type}: {run2.state.message}"
+    [dead] = loop.alerts_of([str(run.id)])
+    assert dead.outcome == "crashed" and dead.dedupe_key == key, (dead.outcome, dead.detail)
+    [alive] = loop.alerts_of([str(run2.id)])
+    assert alive.outcome == "run" and alive.dedupe_key == key and (alive.detail or "").startswith("trained "), \
+        (alive.outcome, alive.detail)

@@ -108,3 +108,23 @@ def test_alert_events_need_the_auth_string(server: Settings) -> None:
         seen = {e["payload"].get("reason") for e in answer.json()["events"]}
         time.sleep(1.0)
     assert {"direct", "auth e2e"} <= seen and "no auth" not in seen
+
+
+def test_the_services_swap_failed_event_reaches_the_server(server: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emitter a serving worker's model follower calls on a failed swap posts over HTTP with the auth
+    string (a bento image has no Prefect); the event is stored by the real server."""
+    from retrain.serving.runtime import _emitter
+
+    monkeypatch.setenv("PREFECT_API_URL", services.prefect_api_url(server))
+    marker = f"e2e-swap-{time.time_ns()}"
+    _emitter(server.model_copy(update={"model_name": "auth_check"}))(
+        events.EVENT_SWAP_FAILED, {"alias": "champion", "version": marker, "error": "checksum mismatch"})
+    deadline, found = time.monotonic() + 30, []
+    while not found and time.monotonic() < deadline:
+        answer = _api(server, "/events/filter", {"filter": {"event": {"prefix": [events.EVENT_SWAP_FAILED]}},
+                                                 "limit": 50})
+        assert answer.status_code == 200, answer.text
+        found = [e for e in answer.json()["events"] if e["payload"].get("version") == marker]
+        time.sleep(0.5)
+    [event] = found
+    assert event["resource"]["prefect.resource.id"] == "retrain.model.auth_check"
