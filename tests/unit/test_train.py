@@ -33,6 +33,24 @@ def test_same_window_and_seed_give_identical_predictions_and_fingerprint() -> No
     assert a.booster.model_to_string() == b.booster.model_to_string()
 
 
+def test_refit_full_keeps_the_early_stopped_rounds_and_sees_every_row() -> None:
+    """Refit on the whole window: the rounds early stopping picked, the validation rows included in the fit;
+    the validation metrics and scores (the monitoring reference) stay the out-of-sample ones."""
+    frame = _window(MAR, MAY)
+    kwargs = {"label": "late", "time_col": "sched_dep", "num_boost_round": 200, "early_stopping_rounds": 10,
+              "seed": 3}
+    held = fit(frame, FEATURES, **kwargs)
+    refit = fit(frame, FEATURES, refit_full=True, **kwargs)
+    best = held.metadata["best_iteration"]
+    assert 0 < best < 200 and refit.metadata["best_iteration"] == best
+    assert refit.booster.current_iteration() == best
+    assert refit.metadata["refit_full"] == {"rounds": best, "rows": len(frame)}
+    assert refit.metadata["validation"] == held.metadata["validation"]
+    assert np.array_equal(refit.valid_scores, held.valid_scores)
+    probe = refit.valid_frame[FEATURES]  # rows the refit model learned from: its scores differ
+    assert not np.allclose(refit.booster.predict(probe), held.booster.predict(probe, num_iteration=best))
+
+
 def test_fingerprint_changes_with_the_data() -> None:
     frame = _window(MAR, MAY).copy()
     before = train.data_fingerprint(frame, FEATURES, "late")

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     train_dask_address: str | None = Field(
         default=None, description="dask.distributed scheduler to fit on with lightgbm.dask (e.g. "
         "tcp://host:8786); empty: single process. The saved model is a plain booster either way.")
+    train_refit_full: bool = Field(default=False, description="After early stopping picked the rounds on the "
+                                   "validation rows, refit that many rounds on the whole window, the latest rows "
+                                   "included (better in both shipped use cases' backtests, but off until the "
+                                   "monitoring reference follows the refit model: bench/RESULTS.md, 'Refit after "
+                                   "early stopping'). In-process training only.")
 
     # evaluation gates
     eval_min_rows: int = 1000

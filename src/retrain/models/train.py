@@ -197,10 +197,14 @@ def fit(
     num_boost_round: int = 300,
     early_stopping_rounds: int = 30,
     dask_address: str | None = None,
+    refit_full: bool = False,
 ) -> TrainResult:
     """Fit LightGBM on `frame` with a time split; returns booster, metadata and validation scores.
 
     `dask_address` (a dask.distributed scheduler URL): fit there with `lightgbm.dask`; empty: in process.
+    `refit_full`: once early stopping picked the number of rounds on the validation rows, refit that many
+    rounds on the whole frame (the latest rows included) and return that booster; the validation metrics
+    and scores (the monitoring reference) stay the early-stopped model's, the only out-of-sample ones.
     """
     import lightgbm as lgb
 
@@ -237,6 +241,13 @@ def fit(
         best = int(booster.best_iteration) if booster.best_iteration > 0 else booster.current_iteration()
     t_fit = time.perf_counter()
     scores = np.asarray(booster.predict(valid_part[feats], num_iteration=best), dtype="float64")
+    refit: dict[str, Any] = {}
+    if refit_full and not dask_address:  # a Dask fit is served as fitted (no distributed refit yet)
+        whole = pd.concat([train_part, valid_part], ignore_index=True)
+        full_ds = lgb.Dataset(whole[feats], whole[label].to_numpy(dtype="float64"), feature_name=feats,
+                              free_raw_data=True)
+        booster = lgb.train(full_params, full_ds, num_boost_round=best)
+        refit = {"rounds": best, "rows": len(whole)}
     elapsed = time.perf_counter() - started
     meta: dict[str, Any] = {
         "objective": objective,
@@ -258,6 +269,9 @@ def fit(
         "phase_seconds": {"fingerprint": round(t_fp - started, 3), "split": round(t_split - t_fp, 3),
                           "lgb_train": round(t_fit - t_split, 3), "validate": round(started + elapsed - t_fit, 3)},
     }
+    if refit:  # the served booster saw the validation rows too
+        meta["refit_full"] = refit
+        meta["params"]["refit_full"] = True
     if distributed:  # recorded with the params too, so the registry tells how a version was fitted
         meta["distributed"] = distributed
         meta["params"]["distributed"] = distributed
@@ -364,6 +378,7 @@ def fit_with_settings(frame: pd.DataFrame, feature_names: Sequence[str], setting
         "num_boost_round": settings.num_boost_round,
         "early_stopping_rounds": settings.early_stopping_rounds,
         "dask_address": settings.train_dask_address,
+        "refit_full": settings.train_refit_full,
     }
     kwargs.update(overrides)
     return fit(frame, feature_names, **kwargs)
