@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,7 +34,6 @@ from sqlalchemy import Connection, Integer, MetaData, Table, delete, func, inser
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from tests.support.models import fake_version_fields
-from tests.support.pg import scratch_database
 
 from retrain.core import db
 
@@ -389,29 +388,12 @@ def _predicate(clause: Any) -> str:
     return re.sub(r"::\w+|[()\s]", "", str(clause)).lower()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'retrain.db'}"
-    else:
-        with scratch_database("migrations") as pg:
-            yield pg
-
-
-@pytest.fixture()
-def engine(url: str) -> Iterator[Engine]:
-    eng = db.make_engine(url)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-
-
 # ----------------------------------------------------------------------------- the proof
 
 
 def test_every_revision_upgrades_populated_rows_and_head_matches_the_models(
-        url: str, engine: Engine, tmp_path: Path) -> None:
+        db_url: str, db_engine: Engine, tmp_path: Path) -> None:
+    url, engine = db_url, db_engine
     cfg = _config(url)
     revisions = _revisions(cfg)
     assert set(revisions) == set(STEPS), "every revision declares its data step in STEPS (and only those)"

@@ -30,8 +30,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from tests.support.outage import Switchable
 
 from retrain.core.db import Prediction, make_engine, session_factory, upgrade
 from retrain.serving.predlog import LogBatch, PredictionLog, SpillDir, clean_features
@@ -44,19 +43,6 @@ BUFFER_ROWS = 40
 REQUESTS = 120
 ROWS_PER_REQUEST = 4
 DROPPED_METRIC = "retrain_predlog_rows_dropped_total"
-
-
-class Switchable:
-    """A session factory that fails like an unreachable database while `down` is set."""
-
-    def __init__(self, real: sessionmaker[Session]) -> None:
-        self.real = real
-        self.down = False
-
-    def __call__(self) -> Session:
-        if self.down:
-            raise OperationalError("connect", {}, Exception("connection refused (test: database down)"))
-        return self.real()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ RETRAIN_TEST_PG_ADMIN does not answer, failed instead under RETRAIN_REQUIRE_SERV
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import DateTime, bindparam, inspect, select, text
 from sqlalchemy.engine import Engine
-from tests.support.pg import scratch_database
 
 from retrain.core import db
 
@@ -58,24 +56,6 @@ def _config(url: str) -> Config:
     cfg.set_main_option("script_location", str(db.MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'retrain.db'}"
-    else:
-        with scratch_database("migration") as pg:
-            yield pg
-
-
-@pytest.fixture()
-def engine(url: str) -> Iterator[Engine]:
-    eng = db.make_engine(url)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def _seed_old_layout(engine: Engine) -> None:
@@ -127,7 +107,8 @@ def _schema_diffs(engine: Engine) -> list[Any]:
     return diffs
 
 
-def test_upgrade_carries_flight_rows_into_the_generic_columns(url: str, engine: Engine) -> None:
+def test_upgrade_carries_flight_rows_into_the_generic_columns(db_url: str, db_engine: Engine) -> None:
+    url, engine = db_url, db_engine
     cfg = _config(url)
     command.upgrade(cfg, BEFORE)
     _seed_old_layout(engine)
@@ -175,12 +156,14 @@ def test_upgrade_carries_flight_rows_into_the_generic_columns(url: str, engine: 
     assert _schema_diffs(engine) == []
 
 
-def test_orm_matches_a_fresh_head_schema(url: str, engine: Engine) -> None:
+def test_orm_matches_a_fresh_head_schema(db_url: str, db_engine: Engine) -> None:
+    url, engine = db_url, db_engine
     db.upgrade(url)
     assert _schema_diffs(engine) == []
 
 
-def test_downgrade_restores_the_flight_columns(url: str, engine: Engine) -> None:
+def test_downgrade_restores_the_flight_columns(db_url: str, db_engine: Engine) -> None:
+    url, engine = db_url, db_engine
     cfg = _config(url)
     command.upgrade(cfg, BEFORE)
     _seed_old_layout(engine)
@@ -218,9 +201,10 @@ def _seed_generic_predictions(engine: Engine, n: int) -> None:
 
 
 def test_upgrade_0005_backfills_unique_row_keys_and_replays_exactly_once(
-        url: str, engine: Engine, tmp_path: Path) -> None:
+        db_url: str, db_engine: Engine, tmp_path: Path) -> None:
     from retrain.serving.predlog import LogBatch, PredictionLog, SpillDir
 
+    url, engine = db_url, db_engine
     cfg = _config(url)
     command.upgrade(cfg, BEFORE_ROW_KEY)
     _seed_generic_predictions(engine, 5)  # duplicate (request_id, entity_key, predicted_at) on purpose

@@ -25,8 +25,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from tests.support.outage import Switchable
 from tests.support.pg import scratch_database
 
 from retrain.core.config import Settings
@@ -34,19 +33,6 @@ from retrain.core.db import Prediction, make_engine, session_factory, upgrade
 from retrain.serving.predlog import LogBatch, PredictionLog, SpillDir, clean_features
 
 T0 = datetime(2013, 2, 10, 11, 0, tzinfo=UTC)
-
-
-class Switchable:
-    """A session factory that fails like an unreachable database while `down` is set."""
-
-    def __init__(self, real: sessionmaker[Session]) -> None:
-        self.real = real
-        self.down = False
-
-    def __call__(self) -> Session:
-        if self.down:
-            raise OperationalError("connect", {}, Exception("connection refused (test: database down)"))
-        return self.real()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
