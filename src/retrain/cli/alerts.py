@@ -78,14 +78,10 @@ def register(app: typer.Typer) -> None:
                "n_predictions": result.n_predictions, "n_labelled": result.n_labelled,
                "summary": result.summary(), "alerts": alerts}
         if send and alerts:
-            import os
-
             from retrain.core import services
             from retrain.monitoring.alerts import send_alerts
 
-            os.environ.setdefault("PREFECT_API_URL", services.prefect_api_url(settings))
-            if auth := settings.prefect_auth_value:
-                os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
+            services.use_local_prefect(settings)
             doc["events"] = send_alerts(settings, sessions, settings.model_name, alerts, now)
         if as_json:
             typer.echo(json.dumps(doc, default=str))

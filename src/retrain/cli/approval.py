@@ -17,15 +17,10 @@ console = Console(stderr=True)
 
 def _use_local_prefect() -> None:
     """Point Prefect's client at `retrain up`'s server unless PREFECT_API_URL says otherwise."""
-    import os
-
     from retrain.core import services
     from retrain.core.config import get_settings
 
-    settings = get_settings()
-    os.environ.setdefault("PREFECT_API_URL", services.prefect_api_url(settings))
-    if auth := settings.prefect_auth_value:
-        os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
+    services.use_local_prefect(get_settings())
 
 
 def register(app: typer.Typer) -> None:

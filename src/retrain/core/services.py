@@ -79,6 +79,14 @@ def prefect_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def use_local_prefect(settings: Settings) -> None:
+    """Point this process's Prefect client at the server `retrain up` runs (unless PREFECT_API_URL says
+    otherwise), with the settings' basic auth."""
+    os.environ.setdefault("PREFECT_API_URL", prefect_api_url(settings))
+    if auth := settings.prefect_auth_value:
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
+
+
 def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every child process gets: settings, Feast, BentoML and Prefect variables."""
     env = dict(os.environ)
